@@ -1,0 +1,147 @@
+"""Prometheus metrics for the gateway, on a registry owned by one :class:`GatewayMetrics`.
+
+Names (all prefixed ``slm_gateway_``)::
+
+    requests_total{route,model,status}                 client requests (model = public model)
+    request_latency_seconds{route,model}               histogram, whole request
+    request_ttft_seconds{route,model}                  histogram, time to first token
+    prompt_tokens_total / completion_tokens_total{route,model}   the answers' usage
+    cost_usd_total{route,model}                        spend, all upstream calls
+    reference_cost_usd_total{route,model}              the "always the LLM" counterfactual
+                                                       (savings = reference_cost - cost)
+    escalations_total{route,model}
+    upstream_calls_total{backend,status,used}
+    upstream_tokens_total{backend,kind}                kind = prompt | completion
+    upstream_cost_usd_total{backend}
+    upstream_errors_total{backend,kind}
+    upstream_latency_seconds{backend}                  histogram, per call
+    circuit_state{backend}                             0 closed, 1 half-open, 2 open
+
+Label values are bounded: each label keeps at most ``max_label_values`` distinct values and
+reports the rest as ``other``, so a client inventing model names cannot blow up the series.
+Multi-worker: when ``PROMETHEUS_MULTIPROC_DIR`` is set (it must be before prometheus_client
+is imported, and the directory emptied at deploy), values live in that directory's mmap
+files and :meth:`render` merges every worker's.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from gateway.accounting.record import RequestRecord
+
+OVERFLOW_LABEL = "other"
+_LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_CIRCUIT_STATES = {"closed": 0.0, "half_open": 1.0, "half-open": 1.0, "open": 2.0}
+
+
+class BoundedLabel:
+    """A label's value set, capped: new values past the cap become ``other``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        text = value or "none"
+        if text in self._seen:
+            return text
+        if len(self._seen) >= self.limit:
+            return OVERFLOW_LABEL
+        self._seen.add(text)
+        return text
+
+
+class GatewayMetrics:
+    def __init__(self, *, max_label_values: int = 50, namespace: str = "slm_gateway") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        self._route = BoundedLabel(max_label_values)
+        self._model = BoundedLabel(max_label_values)
+        self._backend = BoundedLabel(max_label_values)
+        self._status = BoundedLabel(max_label_values)
+        ns, reg = namespace, self.registry
+        rm = ("route", "model")
+        self.requests = Counter("requests", "Client requests", (*rm, "status"), namespace=ns, registry=reg)
+        self.latency = Histogram(
+            "request_latency_seconds", "Client request latency", rm,
+            namespace=ns, registry=reg, buckets=_LATENCY_BUCKETS_S,
+        )
+        self.ttft = Histogram(
+            "request_ttft_seconds", "Time to first token", rm,
+            namespace=ns, registry=reg, buckets=_LATENCY_BUCKETS_S,
+        )
+        self.prompt_tokens = Counter("prompt_tokens", "Answer prompt tokens", rm, namespace=ns, registry=reg)
+        self.completion_tokens = Counter(
+            "completion_tokens", "Answer completion tokens", rm, namespace=ns, registry=reg
+        )
+        self.cost = Counter("cost_usd", "Spend in USD, all upstream calls", rm, namespace=ns, registry=reg)
+        self.reference_cost = Counter(
+            "reference_cost_usd", "Counterfactual spend on the reference LLM", rm, namespace=ns, registry=reg
+        )
+        self.escalations = Counter("escalations", "Escalated requests", rm, namespace=ns, registry=reg)
+        self.upstream_calls = Counter(
+            "upstream_calls", "Upstream calls", ("backend", "status", "used"), namespace=ns, registry=reg
+        )
+        self.upstream_tokens = Counter(
+            "upstream_tokens", "Upstream tokens", ("backend", "kind"), namespace=ns, registry=reg
+        )
+        self.upstream_cost = Counter(
+            "upstream_cost_usd", "Upstream spend", ("backend",), namespace=ns, registry=reg
+        )
+        self.upstream_errors = Counter(
+            "upstream_errors", "Failed upstream calls", ("backend", "kind"), namespace=ns, registry=reg
+        )
+        self.upstream_latency = Histogram(
+            "upstream_latency_seconds", "Upstream call latency", ("backend",),
+            namespace=ns, registry=reg, buckets=_LATENCY_BUCKETS_S,
+        )
+        self.circuit_state = Gauge(
+            "circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ("backend",),
+            namespace=ns, registry=reg, multiprocess_mode="livemax",
+        )
+
+    def observe(self, record: RequestRecord) -> None:
+        route, model = self._route(record.route or "unrouted"), self._model(record.public_model)
+        self.requests.labels(route, model, self._status(record.status)).inc()
+        self.latency.labels(route, model).observe(record.latency_ms / 1000)
+        if record.ttft_ms is not None:
+            self.ttft.labels(route, model).observe(record.ttft_ms / 1000)
+        self.prompt_tokens.labels(route, model).inc(record.prompt_tokens)
+        self.completion_tokens.labels(route, model).inc(record.completion_tokens)
+        self.cost.labels(route, model).inc(record.cost_usd)
+        if record.reference_cost_usd is not None:
+            self.reference_cost.labels(route, model).inc(record.reference_cost_usd)
+        if record.escalated:
+            self.escalations.labels(route, model).inc()
+        for call in record.calls:
+            backend = self._backend(call.backend)
+            status = self._status(call.status)
+            self.upstream_calls.labels(backend, status, "true" if call.used else "false").inc()
+            self.upstream_tokens.labels(backend, "prompt").inc(call.prompt_tokens)
+            self.upstream_tokens.labels(backend, "completion").inc(call.completion_tokens)
+            self.upstream_cost.labels(backend).inc(call.cost_usd)
+            self.upstream_latency.labels(backend).observe(call.latency_ms / 1000)
+            if call.status not in ("ok", "cancelled"):
+                self.upstream_errors.labels(backend, status).inc()
+
+    def set_circuit_state(self, backend: str, state: str) -> None:
+        self.circuit_state.labels(self._backend(backend)).set(_CIRCUIT_STATES.get(state, 2.0))
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type, for ``GET /metrics``."""
+        if self.multiprocess_dir:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

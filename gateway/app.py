@@ -1,0 +1,122 @@
+"""The app factory: ``build_app(settings)`` wires policy, backends, accounting and routes.
+
+Nothing is created at import time; everything a process holds lives on ``app.state.gateway``
+(:class:`gateway.state.GatewayState`), built in the lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.error_handlers import install_error_handlers
+from gateway.middleware import BodySizeLimit
+from gateway.routes import build_router
+from gateway.runtime import PolicyRuntime
+from gateway.settings import GatewaySettings
+from gateway.state import AccountingSink, GatewayState, MetricsSink
+from policies.loader import load_policy
+
+logger = logging.getLogger(__name__)
+
+
+class InFlightCounter:
+    """Counts requests whose response has not finished (streams included), for draining."""
+
+    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
+        self.app = app
+        self.fastapi_app = fastapi_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: GatewayState | None = getattr(self.fastapi_app.state, "gateway", None)
+        if scope["type"] != "http" or state is None:
+            await self.app(scope, receive, send)
+            return
+        state.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            state.in_flight -= 1
+
+
+def _default_accounting(settings: GatewaySettings, stream_maxlen: int) -> AccountingSink:
+    from gateway.accounting.service import build_accounting
+
+    return build_accounting(settings.redis_url, settings.data_dir, stream_maxlen)
+
+
+def _default_metrics() -> MetricsSink:
+    from gateway.accounting.metrics import GatewayMetrics
+
+    return GatewayMetrics()
+
+
+def build_app(
+    settings: GatewaySettings | None = None, *, accounting: AccountingSink | None = None,
+    metrics: MetricsSink | None = None, handle_signals: bool = False,
+) -> FastAPI:
+    settings = settings or GatewaySettings.from_env()
+    policy = load_policy(settings.policy_path)  # fail fast, before the server binds
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await PolicyRuntime.start(policy)
+        sink = accounting or _default_accounting(settings, policy.gateway.record_stream_maxlen)
+        await sink.start()
+        state = GatewayState(settings=settings, runtime=runtime, accounting=sink, metrics=metrics or _default_metrics())
+        app.state.gateway = state
+        _install_accounting_routes(app, sink)
+        if handle_signals:
+            _install_sighup(state)
+        try:
+            yield
+        finally:
+            await drain(state)
+            await state.runtime.close()
+            await sink.close()
+
+    app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible gateway: small model where it is good enough, large where not.")
+    install_error_handlers(app)
+    app.include_router(build_router())
+    app.add_middleware(InFlightCounter, fastapi_app=app)
+    app.add_middleware(BodySizeLimit, limit=lambda: _body_limit(app, policy.gateway.max_body_bytes))
+    return app
+
+
+def _body_limit(app: FastAPI, default: int) -> int:
+    state: GatewayState | None = getattr(app.state, "gateway", None)
+    return state.runtime.policy.gateway.max_body_bytes if state else default
+
+
+def _install_accounting_routes(app: FastAPI, sink: AccountingSink) -> None:
+    try:
+        from gateway.accounting.api import build_accounting_router
+    except ImportError:
+        return
+    if getattr(app.state, "accounting_routes", False):
+        return
+    app.include_router(build_accounting_router(sink))  # type: ignore[arg-type]
+    app.state.accounting_routes = True
+
+
+def _install_sighup(state: GatewayState) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(state.reload_policy()))
+    except (NotImplementedError, RuntimeError):  # not the main thread / not POSIX
+        logger.warning("SIGHUP policy reload unavailable in this process")
+
+
+async def drain(state: GatewayState) -> None:
+    """Readiness turns false, then in-flight requests get up to the grace period to finish."""
+    state.draining = True
+    deadline = asyncio.get_running_loop().time() + state.settings.drain_seconds
+    while state.in_flight > 0 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)

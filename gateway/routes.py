@@ -1,0 +1,67 @@
+"""Thin HTTP routes; the logic lives in gateway.serving."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelList,
+    now,
+)
+from gateway.serving.chat import create_chat_completion
+from gateway.serving.completions import create_completion
+from gateway.state import get_state
+
+ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
+}
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/chat/completions", response_model=None,
+                 responses={200: {"model": ChatCompletionResponse}, **ERRORS})
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        return await create_chat_completion(body, request)
+
+    @router.post("/v1/completions", response_model=None,
+                 responses={200: {"model": CompletionResponse}, **ERRORS})
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        return await create_completion(body, request)
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def models(request: Request) -> ModelList:
+        state = get_state(request)
+        created = int(state.started_at)
+        return ModelList.model_validate({"data": [
+            {"id": name, "created": created, "owned_by": f"slm-gateway:{strategy.config.type}"}
+            for name, strategy in state.runtime.strategies.items()
+        ]})
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/ready")
+    async def ready(request: Request) -> JSONResponse:
+        state = get_state(request)
+        backends = state.runtime.ready()
+        local_loaded = all(ok for name, ok in backends.items() if state.runtime.backends[name].is_local)
+        models = {name: s.ready() for name, s in state.runtime.strategies.items()}
+        is_ready = local_loaded and not state.draining
+        body = {"ready": is_ready, "draining": state.draining, "backends": backends, "models": models, "time": now()}
+        return JSONResponse(body, status_code=200 if is_ready else 503)
+
+    @router.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        data, content_type = get_state(request).metrics.render()
+        return Response(data, media_type=content_type)
+
+    return router

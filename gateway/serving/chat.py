@@ -1,0 +1,162 @@
+"""POST /v1/chat/completions: validate, route to the model's strategy, shape the answer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+
+from gateway.backends.base import SamplingParams, TokenChunk
+from gateway.backends.sse import DONE, encode_event
+from gateway.errors import GatewayError, InvalidRequestError, UnsupportedParameterError, error_body
+from gateway.protocol import ChatCompletionRequest, chat_logprob_entry, new_id, now, usage_dict
+from gateway.serving.disconnect import ClientDisconnected, run_unless_disconnected
+from gateway.serving.scope import RequestScope
+from gateway.state import get_state
+from routers.base import AnswerDone, ChatRequestView, StrategyEvent
+
+KNOWN_FIELDS = set(ChatCompletionRequest.model_fields)
+
+
+def sampling_params(body: ChatCompletionRequest) -> SamplingParams:
+    if body.n != 1:
+        raise UnsupportedParameterError("only n=1 is supported", param="n")
+    if body.top_logprobs and not body.logprobs:
+        raise InvalidRequestError("top_logprobs requires logprobs=true", param="top_logprobs")
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=body.seed,
+        stop=body.stop_sequences(), logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
+        extra=body.extra_fields(),
+    )
+
+
+def request_view(body: ChatCompletionRequest, request: Request, params: SamplingParams) -> ChatRequestView:
+    return ChatRequestView(
+        messages=[m.normalised() for m in body.messages], params=params, stream=body.stream, user=body.user,
+        headers=dict(request.headers), key_tags=tuple(getattr(request.state, "key_tags", ())),
+        has_tools=bool(body.tools), has_response_format=body.response_format is not None,
+        raw=body.model_dump(exclude_none=True),
+    )
+
+
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    state = get_state(request)
+    params = sampling_params(body)
+    strategy = state.runtime.strategy(body.model)
+    scope = RequestScope(state, strategy, "chat", body.stream, getattr(request.state, "key_id", None))
+    events = strategy.chat(request_view(body, request, params), scope.ctx)
+    if body.stream:
+        return await _stream(body, request, scope, events)
+    try:
+        answer = await run_unless_disconnected(request, _collect(events, scope))
+    except ClientDisconnected:
+        scope.client_gone()
+        await scope.finish()
+        return Response(status_code=499)
+    except BaseException as exc:
+        scope.fail(exc)
+        await scope.finish()
+        raise
+    text, logprobs, done = answer
+    scope.settle((done.prompt_tokens, done.completion_tokens))
+    payload: dict[str, Any] = {
+        "id": new_id("chatcmpl"), "object": "chat.completion", "created": now(), "model": done.model,
+        "choices": [{
+            "index": 0, "message": {"role": "assistant", "content": text},
+            "logprobs": {"content": logprobs} if body.logprobs else None, "finish_reason": done.finish_reason,
+        }],
+        "usage": usage_dict(done.prompt_tokens, done.completion_tokens),
+    }
+    headers = scope.headers() | scope.cost_headers()
+    await scope.finish((done.prompt_tokens, done.completion_tokens))
+    return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
+
+
+async def _collect(
+    events: AsyncIterator[StrategyEvent], scope: RequestScope
+) -> tuple[str, list[dict[str, Any]], AnswerDone]:
+    parts: list[str] = []
+    logprobs: list[dict[str, Any]] = []
+    async for event in events:
+        if isinstance(event, AnswerDone):
+            return "".join(parts), logprobs, event
+        scope.mark_first_token()
+        parts.append(event.text)
+        logprobs.extend(chat_logprob_entry(item) for item in event.logprobs)
+    raise RuntimeError("strategy ended without AnswerDone")
+
+
+async def _stream(
+    body: ChatCompletionRequest, request: Request, scope: RequestScope, events: AsyncIterator[StrategyEvent]
+) -> Response:
+    # Pull the first event before answering: an error that happens before any token gets a
+    # proper HTTP status, and the route header is known by then.
+    try:
+        first = await events.__anext__()
+    except BaseException as exc:
+        scope.fail(exc)
+        await scope.finish()
+        raise
+    scope.mark_first_token()
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return StreamingResponse(
+        _sse(first, events, scope, body, include_usage), media_type="text/event-stream",
+        headers=scope.headers() | {"cache-control": "no-cache"},
+    )
+
+
+async def _sse(
+    first: StrategyEvent, events: AsyncIterator[StrategyEvent], scope: RequestScope,
+    body: ChatCompletionRequest, include_usage: bool,
+) -> AsyncIterator[bytes]:
+    chunk_id, created = new_id("chatcmpl"), now()
+    model = scope.record.calls[-1].model if scope.record.calls else body.model
+
+    def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> bytes:
+        return encode_event({
+            "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        })
+
+    usage: tuple[int, int] | None = None
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        event: StrategyEvent | None = first
+        while event is not None:
+            if isinstance(event, AnswerDone):
+                model = event.model
+                usage = (event.prompt_tokens, event.completion_tokens)
+                yield chunk({}, event.finish_reason)
+                if include_usage:
+                    yield encode_event({
+                        "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                        "choices": [], "usage": usage_dict(*usage),
+                    })
+                break
+            yield _content_chunk(chunk, event, body.logprobs)
+            event = await events.__anext__()
+        yield DONE
+    except GatewayError as exc:
+        scope.fail(exc)
+        yield encode_event(error_body(exc))
+        yield DONE
+    except Exception as exc:
+        scope.fail(exc)
+        yield encode_event(error_body(GatewayError("internal error while streaming")))
+        yield DONE
+    except BaseException:  # client disconnected: Starlette cancels us
+        scope.client_gone()
+        raise
+    finally:
+        await events.aclose()
+        await scope.finish(usage)
+
+
+def _content_chunk(chunk: Any, event: TokenChunk, with_logprobs: bool) -> bytes:
+    logprobs = {"content": [chat_logprob_entry(item) for item in event.logprobs]} if with_logprobs else None
+    data: bytes = chunk({"content": event.text}, None, logprobs)
+    return data

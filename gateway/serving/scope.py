@@ -1,0 +1,86 @@
+"""One client request's accounting scope: opened when routed, finished exactly once.
+
+Whatever happens — success, an error before or after the stream started, the client
+going away — :meth:`RequestScope.finish` finalises the record and hands it to the
+accounting sink, so no request goes unrecorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from gateway.accounting.finalize import finalize_record
+from gateway.accounting.record import RequestRecord
+from gateway.errors import GatewayError, error_kind
+from gateway.protocol import new_id
+from gateway.state import GatewayState
+from routers.base import RequestContext, Strategy
+
+logger = logging.getLogger(__name__)
+
+REQUEST_ID_HEADER = "x-slm-gateway-request-id"
+ROUTE_HEADER = "x-slm-gateway-route"
+
+
+class RequestScope:
+    def __init__(
+        self, state: GatewayState, strategy: Strategy, endpoint: str, stream: bool, key_id: str | None = None
+    ) -> None:
+        self.state = state
+        self.started = time.perf_counter()
+        self.record = RequestRecord(
+            request_id=new_id("req"), public_model=strategy.public_name, endpoint=endpoint, stream=stream,
+            key_id=key_id,
+        )
+        self.ctx = RequestContext(self.record, strategy.resources)
+        self._finished = False
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
+
+    def mark_first_token(self) -> None:
+        if self.record.ttft_ms is None:
+            self.record.ttft_ms = (time.perf_counter() - self.started) * 1000
+
+    def headers(self) -> dict[str, str]:
+        headers = {REQUEST_ID_HEADER: self.record.request_id, ROUTE_HEADER: self.record.route}
+        headers.update(self.ctx.response_headers)
+        return headers
+
+    def settle(self, usage: tuple[int, int] | None) -> None:
+        """Compute totals, cost and savings now (for response headers); idempotent."""
+        self.record.latency_ms = (time.perf_counter() - self.started) * 1000
+        if usage is not None:
+            self.record.prompt_tokens, self.record.completion_tokens = usage
+        policy = self.state.runtime.policy
+        reference = policy.gateway.reference_llm
+        price = policy.backends[reference].price if reference and reference in policy.backends else None
+        finalize_record(self.record, price)
+
+    def cost_headers(self) -> dict[str, str]:
+        return {
+            "x-slm-gateway-cost-usd": f"{self.record.cost_usd:.8f}",
+            "x-slm-gateway-latency-ms": f"{self.record.latency_ms:.1f}",
+        }
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, GatewayError):
+            self.record.status, self.record.http_status = error_kind(exc), exc.status_code
+        else:
+            self.record.status, self.record.http_status = error_kind(exc), 500
+
+    def client_gone(self) -> None:
+        self.record.status, self.record.http_status = "client_disconnected", 499
+
+    async def finish(self, usage: tuple[int, int] | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.settle(usage)
+        try:
+            self.state.metrics.observe(self.record)
+            await self.state.accounting.submit(self.record)
+        except Exception:  # accounting must never break a response; the sink spools itself
+            logger.exception("accounting failed for %s", self.record.request_id)

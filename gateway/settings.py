@@ -1,0 +1,37 @@
+"""Process settings: where the policy is, where state goes, how to reach Redis.
+
+Read from the environment once, at start-up (``GatewaySettings.from_env``), and passed
+down explicitly; nothing reads the environment on the request path.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "slm-gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    policy_path: Path | None = None
+    redis_url: str | None = None
+    data_dir: Path = field(default_factory=_default_data_dir)
+    admin_key: str | None = None
+    drain_seconds: float = 20.0
+
+    @classmethod
+    def from_env(cls, policy_path: str | Path | None = None) -> GatewaySettings:
+        policy = policy_path or os.environ.get("SLM_GATEWAY_POLICY") or None
+        data_dir = os.environ.get("SLM_GATEWAY_DATA_DIR")
+        return cls(
+            policy_path=Path(policy) if policy else None,
+            redis_url=os.environ.get("REDIS_URL") or None,
+            data_dir=Path(data_dir) if data_dir else _default_data_dir(),
+            admin_key=os.environ.get("SLM_GATEWAY_ADMIN_KEY") or None,
+            drain_seconds=float(os.environ.get("SLM_GATEWAY_DRAIN_SECONDS", "20")),
+        )

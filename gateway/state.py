@@ -1,0 +1,61 @@
+"""Everything one gateway process holds, created by the app factory (no module globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import Request
+
+from gateway.accounting.record import RequestRecord
+from gateway.runtime import PolicyRuntime
+from gateway.settings import GatewaySettings
+from policies.loader import load_policy
+
+logger = logging.getLogger(__name__)
+
+
+class AccountingSink(Protocol):
+    async def start(self) -> None: ...
+    async def submit(self, record: RequestRecord) -> None: ...
+    async def close(self) -> None: ...
+
+
+class MetricsSink(Protocol):
+    def observe(self, record: RequestRecord) -> None: ...
+    def render(self) -> tuple[bytes, str]: ...
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    runtime: PolicyRuntime
+    accounting: AccountingSink
+    metrics: MetricsSink
+    started_at: float = field(default_factory=time.time)
+    draining: bool = False
+    in_flight: int = 0
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def reload_policy(self) -> bool:
+        """Swap in the policy file's current contents; keep the running one if it is invalid."""
+        async with self.reload_lock:
+            try:
+                policy = load_policy(self.settings.policy_path)
+                runtime = await PolicyRuntime.start(policy, reuse=self.runtime)
+            except Exception as exc:  # an invalid new policy must never take the gateway down
+                logger.error("policy reload rejected, the running policy keeps serving: %s", exc)
+                return False
+            old, self.runtime = self.runtime, runtime
+            await old.close(keep=runtime)
+            logger.info("policy reloaded from %s", self.settings.policy_path or "the default policy")
+            return True
+
+
+def get_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state

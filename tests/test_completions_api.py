@@ -1,0 +1,86 @@
+"""/v1/completions: echo + logprobs must equal a direct transformers forward pass."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import httpx
+import torch
+from openai import OpenAI
+
+from tests.gateway_process import GatewayProcess
+
+PROMPT = "The capital of France is Paris. The capital of Italy is"
+
+
+def direct_prompt_logprobs(smollm2: tuple[Any, Any], ids: list[int]) -> list[float]:
+    model, _ = smollm2
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return [float(logprobs[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_echo_logprobs_match_direct_forward_pass(client: OpenAI, smollm2: tuple[Any, Any]) -> None:
+    _, tokenizer = smollm2
+    ids = tokenizer.encode(PROMPT)
+    answer = client.completions.create(model="slm", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1,
+                                       temperature=0)
+    choice = answer.choices[0]
+    assert choice.text == PROMPT
+    assert choice.logprobs is not None
+    values = choice.logprobs.token_logprobs
+    assert values is not None and values[0] is None and len(values) == len(ids)
+    expected = direct_prompt_logprobs(smollm2, ids)
+    for got, want in zip(values[1:], expected, strict=True):
+        assert got is not None and math.isclose(got, want, abs_tol=1e-4)
+    assert answer.usage is not None and answer.usage.prompt_tokens == len(ids)
+    assert answer.usage.completion_tokens == 0
+
+
+def test_token_id_prompt_with_vllm_prompt_logprobs(gateway: GatewayProcess, smollm2: tuple[Any, Any]) -> None:
+    _, tokenizer = smollm2
+    ids = tokenizer.encode(PROMPT)
+    body = {"model": "slm", "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 2,
+            "echo": True, "logprobs": 1}
+    data = httpx.post(f"{gateway.url}/v1/completions", json=body, timeout=120).json()
+    choice = data["choices"][0]
+    prompt_lps = choice["prompt_logprobs"]
+    assert prompt_lps[0] is None and len(prompt_lps) == len(ids)
+    expected = direct_prompt_logprobs(smollm2, ids)
+    for position, (entry, want) in enumerate(zip(prompt_lps[1:], expected, strict=True), start=1):
+        chosen = entry[str(ids[position])]
+        assert math.isclose(chosen["logprob"], want, abs_tol=1e-4)
+        assert chosen["rank"] >= 1
+        assert len(entry) <= 3  # the token itself plus top-2
+        ranks = sorted(v["rank"] for v in entry.values())
+        assert ranks[0] == 1
+    # One generated token after the echoed prompt: the greedy next token.
+    assert data["usage"]["completion_tokens"] == 1
+    assert choice["text"].startswith(tokenizer.decode(ids))
+
+
+def test_completion_generates_and_streams(client: OpenAI) -> None:
+    answer = client.completions.create(model="slm", prompt=PROMPT, max_tokens=5, temperature=0)
+    assert answer.object == "text_completion" and answer.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="slm", prompt=PROMPT, max_tokens=5, temperature=0, stream=True) if c.choices)
+    assert streamed == answer.choices[0].text
+
+
+def test_completion_through_http_upstream_with_echo(client: OpenAI) -> None:
+    local = client.completions.create(model="slm", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    remote = client.completions.create(model="llm", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
+    assert remote.choices[0].logprobs is not None and local.choices[0].logprobs is not None
+    remote_values = remote.choices[0].logprobs.token_logprobs or []
+    local_values = local.choices[0].logprobs.token_logprobs or []
+    assert len(remote_values) == len(local_values)
+    for a, b in zip(remote_values[1:], local_values[1:], strict=True):
+        assert a is not None and b is not None and math.isclose(a, b, abs_tol=1e-4)
+
+
+def test_max_tokens_zero_needs_echo(gateway: GatewayProcess) -> None:
+    response = httpx.post(f"{gateway.url}/v1/completions", json={"model": "slm", "prompt": "x", "max_tokens": 0})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "max_tokens"
