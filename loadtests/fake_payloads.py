@@ -128,7 +128,8 @@ def completion_logprobs(tokens: tuple[str, ...], start: int, top: int, text_offs
     return {
         "tokens": list(tokens),
         "token_logprobs": [_token_logprob(start + i) for i in range(len(tokens))],
-        "top_logprobs": [dict(_top_alternatives(start + i, top)) for i in range(len(tokens))] if top else None,
+        "top_logprobs": ([dict(_top_alternatives(start + i, top)) for i in range(len(tokens))]
+                         if top else None),
         "text_offset": offsets,
     }
 
@@ -190,7 +191,8 @@ def stream_events(gen: Generation) -> Iterator[tuple[bool, bytes]]:
         text_offset += len(token)
         yield True, _event(_chunk(gen, [choice]))
     if gen.kind == "chat":
-        final: dict[str, Any] = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": gen.finish_reason}
+        final: dict[str, Any] = {"index": 0, "delta": {}, "logprobs": None,
+                                 "finish_reason": gen.finish_reason}
     else:
         final = {"index": 0, "text": "", "logprobs": None, "finish_reason": gen.finish_reason}
     yield False, _event(_chunk(gen, [final]))
@@ -202,7 +204,8 @@ def stream_events(gen: Generation) -> Iterator[tuple[bool, bytes]]:
 
 
 def error_body(status: int, message: str, error_type: str = "server_error") -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": error_type, "param": None, "code": str(status)}})
+    error = {"message": message, "type": error_type, "param": None, "code": str(status)}
+    return orjson.dumps({"error": error})
 
 
 def models_body(models: tuple[str, ...], created: int) -> bytes:

@@ -110,11 +110,12 @@ class FakeUpstream:
             self._record(scope, body)
         cfg = self.config
         if cfg.error_rate > 0 and self._rng.random() < cfg.error_rate:
-            await _respond(send, cfg.error_status, error_body(cfg.error_status, "fake upstream injected error"))
+            injected = error_body(cfg.error_status, "fake upstream injected error")
+            await _respond(send, cfg.error_status, injected)
             return
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
-        gen = plan_generation(kind, body, response_id=f"{prefix}-fake{next(self._ids)}", created=int(time.time()),
-                              completion_tokens=cfg.completion_tokens)
+        gen = plan_generation(kind, body, response_id=f"{prefix}-fake{next(self._ids)}",
+                              created=int(time.time()), completion_tokens=cfg.completion_tokens)
         if not body.get("stream"):
             paced = len(gen.tokens) / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
             if cfg.ttft_ms > 0 or paced > 0:
@@ -130,7 +131,8 @@ class FakeUpstream:
         try:
             if cfg.ttft_ms <= 0 and cfg.tokens_per_s <= 0:
                 # Instant mode: one write instead of one per event keeps the fake's CPU per request low.
-                await send({"type": "http.response.body", "body": b"".join(e for _, e in events), "more_body": True})
+                whole = b"".join(event for _, event in events)
+                await send({"type": "http.response.body", "body": whole, "more_body": True})
             else:
                 interval = 1.0 / cfg.tokens_per_s if cfg.tokens_per_s > 0 else 0.0
                 first, seen_token = True, False
@@ -228,13 +230,15 @@ def _env_float(name: str, default: float) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     env = os.environ.get
-    parser = argparse.ArgumentParser(prog="python -m loadtests.fake_upstream", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m loadtests.fake_upstream",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--host", default=env("FAKE_UPSTREAM_HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("FAKE_UPSTREAM_PORT", "9100")))
     parser.add_argument("--ttft-ms", type=float, default=_env_float("FAKE_UPSTREAM_TTFT_MS", 0.0))
     parser.add_argument("--tokens-per-s", type=float, default=_env_float("FAKE_UPSTREAM_TOKENS_PER_S", 0.0),
                         help="streaming pace; 0 = every token at once")
-    parser.add_argument("--completion-tokens", type=int, default=int(env("FAKE_UPSTREAM_COMPLETION_TOKENS", "16")),
+    parser.add_argument("--completion-tokens", type=int,
+                        default=int(env("FAKE_UPSTREAM_COMPLETION_TOKENS", "16")),
                         help="tokens per answer (fewer when the request's max_tokens is lower)")
     parser.add_argument("--error-rate", type=float, default=_env_float("FAKE_UPSTREAM_ERROR_RATE", 0.0))
     parser.add_argument("--error-status", type=int, default=int(env("FAKE_UPSTREAM_ERROR_STATUS", "500")))

@@ -9,7 +9,7 @@ every name a strategy refers to exists.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -58,8 +58,8 @@ def _check_regex(pattern: str | None) -> str | None:
 class TokenRange(RulePart):
     """Inclusive bounds on the prompt's token count."""
 
-    min: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=0)
+    min: int | None = Field(default=None, ge=0)
+    max: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> TokenRange:
@@ -97,16 +97,24 @@ class RuleConditions(RulePart):
 
     prompt_tokens: TokenRange | None = None
     regex: str | None = None
-    keywords: tuple[str, ...] | None = Field(None, min_length=1)
+    keywords: tuple[str, ...] | None = Field(default=None, min_length=1)
     on: Literal["last_user", "system"] = "last_user"
     has_tools: bool | None = None
     has_response_format: bool | None = None
     user: str | ValueMatch | None = None
     header: HeaderMatch | None = None
-    key_tags: tuple[str, ...] | None = Field(None, min_length=1)
+    key_tags: tuple[str, ...] | None = Field(default=None, min_length=1)
     sensitive: bool | None = None
 
     _regex_ok = field_validator("regex")(_check_regex)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on_key(cls, data: Any) -> Any:
+        # YAML 1.1 (PyYAML) reads an unquoted `on:` key as the boolean True.
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if key is True else key): value for key, value in data.items()}
+        return data
 
 
 class Rule(RulePart):
@@ -124,7 +132,8 @@ class PrivacyPolicy(RulePart):
     )
     action: PrivacyAction = "local_only"
     per_detector: dict[PrivacyDetector, PrivacyAction] = Field(default_factory=dict)
-    local_backend: str | None = Field(None, description="Backend for local_only (default: first local one).")
+    # Backend that local_only reroutes to (default: the first local, ready backend).
+    local_backend: str | None = None
 
 
 def split_target(target: str) -> tuple[str | None, str]:
@@ -168,4 +177,34 @@ class RulesStrategy(StrategyBase):
         return [split_target(t)[1] for t in self.targets() if split_target(t)[0] == "model"]
 
 
-StrategyConfig = Annotated[StaticStrategy | RulesStrategy, Field(discriminator="type")]
+# --- learned (routers/learned, docs/learned-router.md) -----------------------------------
+
+
+class LearnedStrategy(StrategyBase):
+    """Pre-call learned router: score the request, ``strong`` if score >= threshold else ``weak``.
+
+    ``weak`` / ``strong`` are a backend or a public model; bare names resolve to a backend
+    first, then a model; write ``backend:NAME`` / ``model:NAME`` to say which (as in ``rules``).
+    """
+
+    type: Literal["learned"]
+    router_dir: str = Field(min_length=1)  # written by `slm-gateway router train --out`
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)  # None: the router's calibrated one
+    embed: Literal["last_user", "conversation"] = "last_user"
+    weak: str = Field(min_length=1)
+    strong: str = Field(min_length=1)
+
+    def targets(self) -> list[str]:
+        return [self.weak, self.strong]
+
+    def referenced_targets(self) -> list[str]:
+        return [t for t in self.targets() if split_target(t)[0] is None]
+
+    def referenced_backends(self) -> list[str]:
+        return [split_target(t)[1] for t in self.targets() if split_target(t)[0] == "backend"]
+
+    def referenced_models(self) -> list[str]:
+        return [split_target(t)[1] for t in self.targets() if split_target(t)[0] == "model"]
+
+
+StrategyConfig = Annotated[StaticStrategy | RulesStrategy | LearnedStrategy, Field(discriminator="type")]

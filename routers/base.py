@@ -125,13 +125,16 @@ class RequestContext:
                 if isinstance(event, TokenChunk):
                     if call.ttft_ms is None and event.text:
                         call.ttft_ms = (time.perf_counter() - started) * 1000
-                    completion_tokens += max(1, len(event.token_ids)) if event.text else len(event.token_ids)
+                    completion_tokens += len(event.token_ids) or (1 if event.text else 0)
                     call.completion_tokens = completion_tokens
                 else:
                     call.model = event.model
                     call.prompt_tokens = event.prompt_tokens
                     call.completion_tokens = event.completion_tokens
                     call.extra.update(event.extra_usage)
+                    # Settle now: the consumer may never resume this generator after the last
+                    # event, so the finally block below cannot be relied on for a completed call.
+                    _settle(call, started, price)
                 yield event
         except GatewayError as exc:
             call.status = error_kind(exc)
@@ -140,8 +143,13 @@ class RequestContext:
             call.status = "cancelled" if _is_cancel(exc) else error_kind(exc)
             raise
         finally:
-            call.latency_ms = (time.perf_counter() - started) * 1000
-            call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens)
+            if call.latency_ms == 0.0:
+                _settle(call, started, price)
+
+
+def _settle(call: CallRecord, started: float, price: Price) -> None:
+    call.latency_ms = (time.perf_counter() - started) * 1000
+    call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens)
 
 
 def _is_cancel(exc: BaseException) -> bool:

@@ -18,6 +18,7 @@ StrategyClass = TypeVar("StrategyClass", bound="type[Strategy]")
 BUILTIN_STRATEGY_MODULES: tuple[str, ...] = (
     "routers.static",
     "routers.rules.strategy",
+    "routers.learned.strategy",
 )
 
 

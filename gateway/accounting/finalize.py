@@ -6,12 +6,20 @@ record is submitted, so the response headers and the stored record agree on one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from gateway.accounting.record import RequestRecord
 from policies.schema import Price
 
 
-def finalize_record(record: RequestRecord, reference_price: Price | None) -> RequestRecord:
+def finalize_record(
+    record: RequestRecord, reference_price: Price | None, prices: Mapping[str, Price] | None = None
+) -> RequestRecord:
     """Fill totals, cost, reference cost and savings in place; return the record.
+
+    * With ``prices`` (backend name -> Price), every call is (re)priced from its token counts
+      here, so a call whose recorder never reached its own pricing step (an async generator
+      left suspended after its last event) is still billed.
 
     * ``cost_usd`` is the sum over ALL upstream calls, used or not: a cascade's discarded
       small-model attempt and a failed call that was billed are real spend.
@@ -30,12 +38,17 @@ def finalize_record(record: RequestRecord, reference_price: Price | None) -> Req
     * ``savings_usd = reference_cost_usd - cost_usd``; negative when routing cost more (a
       cascade that escalated paid for both attempts).
     """
+    if prices is not None:
+        for call in record.calls:
+            price = prices.get(call.backend)
+            if price is not None:
+                call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens)
     used = [call for call in record.calls if call.used]
     if record.prompt_tokens <= 0 and record.completion_tokens <= 0:
         record.prompt_tokens = next((c.prompt_tokens for c in used if c.prompt_tokens > 0), 0)
         record.completion_tokens = sum(c.completion_tokens for c in used)
-    record.cost_usd = sum(call.cost_usd for call in record.calls)
-    record.wasted_cost_usd = sum(call.cost_usd for call in record.calls if not call.used)
+    record.cost_usd = sum((call.cost_usd for call in record.calls), 0.0)
+    record.wasted_cost_usd = sum((call.cost_usd for call in record.calls if not call.used), 0.0)
     if reference_price is None:
         record.reference_cost_usd = None
         record.savings_usd = None

@@ -142,6 +142,6 @@ class GatewayMetrics:
         """The exposition text and its content type, for ``GET /metrics``."""
         if self.multiprocess_dir:
             merged = CollectorRegistry()
-            multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)
+            multiprocess.MultiProcessCollector(merged, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
             return generate_latest(merged), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -53,12 +53,14 @@ class AccountingService:
         batch_size: int = 256,
         retry_initial_s: float = 0.5,
         retry_max_s: float = 5.0,
+        linger_s: float = 0.002,
     ) -> None:
         self.store = store
         self.spool = spool
         self.batch_size = batch_size
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.linger_s = linger_s
         self.stats = AccountingStats()
         self._queue: asyncio.Queue[RequestRecord | None] = asyncio.Queue(maxsize=queue_size)
         self._unflushed: dict[str, RequestRecord] = {}
@@ -135,6 +137,9 @@ class AccountingService:
                 stopping = True
             else:
                 batch.append(first)
+                if self.linger_s > 0 and self._queue.qsize() < self.batch_size:
+                    # Under load, a short wait turns many one-record round trips into one batch.
+                    await asyncio.sleep(self.linger_s)
             while len(batch) < self.batch_size and not stopping:
                 try:
                     item = self._queue.get_nowait()

@@ -57,7 +57,7 @@ class RequestScope:
         policy = self.state.runtime.policy
         reference = policy.gateway.reference_llm
         price = policy.backends[reference].price if reference and reference in policy.backends else None
-        finalize_record(self.record, price)
+        finalize_record(self.record, price, {name: b.price for name, b in policy.backends.items()})
 
     def cost_headers(self) -> dict[str, str]:
         return {

@@ -54,13 +54,26 @@ _PHONE = re.compile(
     r")"
     r"(?![\w])(?![.\-/]\d)"
 )
+# Runs of digits and phone punctuation long enough to hold a phone number; the precise
+# pattern above only runs inside them (a leading lookbehind would be tried at every offset).
+_PHONE_CANDIDATE = re.compile(r"[+(\d](?:[ .()/-]{0,2}\d){7,}")
 _DATE_SHAPE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{2,4}")
 _PHONE_DIGITS = {"intl": (8, 15), "nanp": (10, 11), "trunk": (10, 12)}
 
 
 def detect_phone(text: str) -> list[Span]:
     spans = []
-    for m in _PHONE.finditer(text):
+    for run in _PHONE_CANDIDATE.finditer(text):
+        # Without "+", a phone has 10+ digits: dates (8) and most version strings stop here.
+        if run.group()[0] != "+" and sum(c.isdigit() for c in run.group()) < 10:
+            continue
+        spans.extend(_phones_in(text, max(0, run.start() - 2), min(len(text), run.end() + 1)))
+    return spans
+
+
+def _phones_in(text: str, start: int, end: int) -> list[Span]:
+    spans = []
+    for m in _PHONE.finditer(text, start, end):
         shape = m.lastgroup or "intl"
         low, high = _PHONE_DIGITS[shape]
         candidate = m.group()
@@ -75,7 +88,9 @@ def detect_phone(text: str) -> list[Span]:
 
 # --- payment cards ------------------------------------------------------------------------
 
-_CARD = re.compile(r"(?<![\w-])[2-6](?:[ -]?\d){12,18}(?![\w-])")
+# Lookbehinds come after the first character throughout this module: a pattern that starts
+# with a character class lets the regex engine skip non-candidates in C.
+_CARD = re.compile(r"[2-6](?<![\w-].)(?:[ -]?\d){12,18}(?![\w-])")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -117,7 +132,7 @@ IBAN_LENGTHS: dict[str, int] = {
     "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
     "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
-_IBAN_START = re.compile(r"(?<![A-Za-z0-9])([A-Za-z]{2})\d{2}(?: ?[A-Za-z0-9]){11,30}")
+_IBAN_START = re.compile(r"\d\d(?<=(?<![A-Za-z0-9])[A-Za-z]{2}\d\d)(?: ?[A-Za-z0-9]){11,30}")
 
 
 def iban_valid(compact: str) -> bool:
@@ -131,19 +146,20 @@ def iban_valid(compact: str) -> bool:
 def detect_iban(text: str) -> list[Span]:
     spans = []
     for m in _IBAN_START.finditer(text):
-        length = IBAN_LENGTHS.get(m.group(1).upper())
+        start = m.start() - 2
+        length = IBAN_LENGTHS.get(text[start:m.start()].upper())
         if length is None:
             continue
         # Walk the match taking `length` alphanumerics (single spaces allowed between them).
-        taken, end = 0, m.start()
+        taken, end = 2, m.start()
         while end < m.end() and taken < length:
             if text[end] != " ":
                 taken += 1
             end += 1
         if taken != length or (end < len(text) and text[end].isalnum()):
             continue
-        if iban_valid(text[m.start():end].replace(" ", "")):
-            spans.append(Span(m.start(), end, "iban"))
+        if iban_valid(text[start:end].replace(" ", "")):
+            spans.append(Span(start, end, "iban"))
     return spans
 
 
@@ -152,20 +168,21 @@ def detect_iban(text: str) -> list[Span]:
 # US SSN, separators required (a bare 9-digit run is too often something else). Areas 000,
 # 666 and 900-999, group 00 and serial 0000 are never issued; 078-05-1120 and 219-09-9999
 # are famous published examples (a wallet insert, an ad) that were voided.
-_SSN = re.compile(r"(?<![\w-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\w-])")
+_SSN = re.compile(r"(\d(?<![\w-].)\d\d)([- ])(\d{2})\2(\d{4})(?![\w-])")
 _VOID_SSNS = frozenset({"078051120", "219099999"})
 
 # UK National Insurance number: two prefix letters (D, F, I, Q, U, V never; O never second;
 # BG, GB, KN, NK, NT, TN, ZZ never allocated), six digits, suffix A-D. A checksum-less but
 # tightly structured format, so false positives in prose are rare.
+_NINO_UNALLOCATED = frozenset({"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"})
 _NINO = re.compile(
-    r"(?<![\w])(?!BG|GB|KN|NK|NT|TN|ZZ)[A-CEGHJ-PR-TW-Z][A-CEGHJ-NPR-TW-Z]"
+    r"[A-CEGHJ-PR-TW-Z](?<![\w].)[A-CEGHJ-NPR-TW-Z]"
     r" ?\d{2} ?\d{2} ?\d{2} ?[A-D](?![\w])"
 )
 
 # Spanish DNI (8 digits + letter) and NIE (X/Y/Z + 7 digits + letter): the letter is a
 # mod-23 check, so random matches pass only 1 time in 23.
-_DNI = re.compile(r"(?<![\w-])([XYZxyz]\d{7}|\d{8})-?([A-Za-z])(?![\w])")
+_DNI = re.compile(r"([XYZxyz\d](?<![\w-].)\d{7})-?([A-Za-z])(?![\w])")
 _DNI_LETTERS = "TRWAGMYFPDXBNJZSQVHLCKE"
 
 
@@ -188,7 +205,11 @@ def detect_national_id(text: str) -> list[Span]:
         for m in _SSN.finditer(text)
         if _ssn_valid(m.group(1), m.group(3), m.group(4))
     ]
-    spans.extend(Span(m.start(), m.end(), "national_id") for m in _NINO.finditer(text))
+    spans.extend(
+        Span(m.start(), m.end(), "national_id")
+        for m in _NINO.finditer(text)
+        if text[m.start():m.start() + 2] not in _NINO_UNALLOCATED
+    )
     spans.extend(
         Span(m.start(), m.end(), "national_id")
         for m in _DNI.finditer(text)
@@ -199,20 +220,27 @@ def detect_national_id(text: str) -> list[Span]:
 
 # --- secrets ------------------------------------------------------------------------------
 
-_SECRET_PATTERNS = (
+# Each pattern with the literals one of which any match contains: a substring test (C speed)
+# skips the regex entirely for the usual prompt that holds no secret at all.
+_SECRET_PATTERNS: tuple[tuple[tuple[str, ...], re.Pattern[str]], ...] = (
     # OpenAI / Anthropic style: sk-..., sk-proj-..., sk-ant-... (validated below)
-    re.compile(r"(?<![\w-])sk-[A-Za-z0-9_-]{20,}"),
-    re.compile(r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}(?![A-Za-z0-9])"),  # AWS access key id
-    re.compile(r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,}(?![A-Za-z0-9])"),  # GitHub tokens
-    re.compile(r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{40,}"),
-    re.compile(r"(?<![A-Za-z0-9])xox[abposr]-[A-Za-z0-9-]{10,}"),  # Slack
-    re.compile(r"(?<![A-Za-z0-9_])(?:sk|rk)_live_[A-Za-z0-9]{16,}"),  # Stripe secret / restricted
-    re.compile(r"(?<![A-Za-z0-9_])AIza[0-9A-Za-z_-]{35}"),  # Google API key
+    (("sk-",), re.compile(r"sk-(?<![\w-]..-)[A-Za-z0-9_-]{20,}")),
+    # AWS access key id
+    (("AKIA", "ASIA"), re.compile(r"A(?:KI|SI)A(?<![A-Za-z0-9]....)[0-9A-Z]{16}(?![A-Za-z0-9])")),
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),  # GitHub tokens
+     re.compile(r"gh[pousr]_(?<![A-Za-z0-9_]....)[A-Za-z0-9]{36,}(?![A-Za-z0-9])")),
+    (("github_pat_",), re.compile(r"github_pat_[A-Za-z0-9_]{40,}")),
+    (("xox",), re.compile(r"xox[abposr]-(?<![A-Za-z0-9].....)[A-Za-z0-9-]{10,}")),  # Slack
+    (("_live_",), re.compile(r"[sr]k_live_(?<![A-Za-z0-9_]........)[A-Za-z0-9]{16,}")),  # Stripe
+    (("AIza",), re.compile(r"AIza(?<![A-Za-z0-9_]....)[0-9A-Za-z_-]{35}")),  # Google API key
     # JWT: base64url('{"') is "eyJ" for both header and payload.
-    re.compile(r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*"),
+    (("eyJ",),
+     re.compile(r"eyJ(?<![A-Za-z0-9_-]...)[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")),
     # PEM private keys; a block cut off before its END line is still a key.
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)"),
+    (("PRIVATE KEY",),
+     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)")),
 )
+_BEARER_LITERALS = ("Bearer", "bearer", "BEARER")
 _BEARER = re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9._~+/-]{16,}=*)")
 _ALNUM_RUN = re.compile(r"[A-Za-z0-9]{20,}")
 
@@ -225,12 +253,15 @@ def _plausible_sk_key(token: str) -> bool:
 
 def detect_secret(text: str) -> list[Span]:
     spans = []
-    for pattern in _SECRET_PATTERNS:
+    for literals, pattern in _SECRET_PATTERNS:
+        if not any(literal in text for literal in literals):
+            continue
         for m in pattern.finditer(text):
             if m.group().startswith("sk-") and not _plausible_sk_key(m.group()):
                 continue
             spans.append(Span(m.start(), m.end(), "secret"))
-    spans.extend(Span(m.start(1), m.end(1), "secret") for m in _BEARER.finditer(text))
+    if any(literal in text for literal in _BEARER_LITERALS):
+        spans.extend(Span(m.start(1), m.end(1), "secret") for m in _BEARER.finditer(text))
     return merge_spans(spans)
 
 

@@ -55,8 +55,9 @@ def inspect_request(request: ChatRequestView, policy: PrivacyPolicy | None) -> P
     fired = tuple(kind for kind in kinds if DETECTORS[kind](text))
     if not fired or policy is None:
         return PrivacyFinding(fired, None)
-    actions = [policy.per_detector.get(kind, policy.action) for kind in fired]  # type: ignore[call-overload]
-    return PrivacyFinding(fired, max(actions, key=_STRENGTH.__getitem__))
+    actions: list[PrivacyAction] = [policy.per_detector.get(kind, policy.action) for kind in fired]  # type: ignore[call-overload]
+    strongest: PrivacyAction = max(actions, key=_STRENGTH.__getitem__)
+    return PrivacyFinding(fired, strongest)
 
 
 def _redact_value(value: Any, redactor: Redactor, kinds: tuple[str, ...]) -> Any:

@@ -1,0 +1,182 @@
+"""The embedded store: one SQLite file in the data dir (WAL), used when REDIS_URL is unset.
+
+``records`` holds each record's JSON under its request id (the primary key makes writes
+idempotent: ``INSERT OR IGNORE``, and a record's facts are only added when its row was new).
+``facts`` holds one row per (record, dimension, group) from :func:`facts.contributions` —
+the same contributions the Redis store counts — with the latency and TTFT bucket indices, so
+usage is one ``GROUP BY`` and the percentiles match the Redis store's exactly.
+
+sqlite3 calls block, so they all run on one dedicated thread that owns the connection; the
+event loop only awaits them. Several gateway worker processes may share the file (WAL +
+busy timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from gateway.accounting.buckets import bucket_of
+from gateway.accounting.facts import contributions, minute_of
+from gateway.accounting.store import GroupTotals, StoreUnavailableError
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    request_id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    minute INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS facts (
+    request_id TEXT NOT NULL,
+    dimension TEXT NOT NULL,
+    group_key TEXT NOT NULL,
+    minute INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    savings_usd REAL NOT NULL,
+    escalated INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    lat_bucket INTEGER,
+    ttft_bucket INTEGER,
+    PRIMARY KEY (request_id, dimension, group_key)
+);
+CREATE INDEX IF NOT EXISTS facts_by_minute ON facts (dimension, minute);
+CREATE INDEX IF NOT EXISTS records_by_time ON records (created_at);
+"""
+
+_COUNTER_COLUMNS = (
+    "requests", "prompt_tokens", "completion_tokens", "cost_usd", "savings_usd", "escalated", "errors",
+)
+
+
+class SQLiteRecordStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accounting-sqlite")
+        self._connection: sqlite3.Connection | None = None
+
+    async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, self._call, function)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(f"sqlite failed: {exc}") from exc
+
+    def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            self._connection = _connect(self.path)
+        return function(self._connection)
+
+    async def open(self) -> None:
+        await self._run(lambda _connection: None)
+
+    async def ping(self) -> bool:
+        try:
+            await self._run(lambda connection: connection.execute("SELECT 1").fetchone())
+        except StoreUnavailableError:
+            return False
+        return True
+
+    async def write_batch(self, records: Sequence[Mapping[str, Any]]) -> int:
+        if not records:
+            return 0
+        return await self._run(lambda connection: _write(connection, records))
+
+    async def totals(self, first_minute: int, last_minute: int, dimension: str) -> dict[str, GroupTotals]:
+        return await self._run(lambda connection: _totals(connection, first_minute, last_minute, dimension))
+
+    async def get_record(self, request_id: str) -> dict[str, Any] | None:
+        def read(connection: sqlite3.Connection) -> dict[str, Any] | None:
+            query = "SELECT data FROM records WHERE request_id = ?"
+            row = connection.execute(query, (request_id,)).fetchone()
+            return None if row is None else dict(orjson.loads(row[0]))
+
+        return await self._run(read)
+
+    async def count_records(self) -> int:
+        query = "SELECT COUNT(*) FROM records"
+        return await self._run(lambda connection: int(connection.execute(query).fetchone()[0]))
+
+    async def close(self) -> None:
+        def close_connection(_connection: sqlite3.Connection) -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        if self._connection is not None:
+            await self._run(close_connection)
+        self._executor.shutdown(wait=True)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
+    connection.executescript(_SCHEMA)
+    return connection
+
+
+def _write(connection: sqlite3.Connection, records: Sequence[Mapping[str, Any]]) -> int:
+    new = 0
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for record in records:
+            minute = minute_of(record)
+            cursor = connection.execute(
+                "INSERT OR IGNORE INTO records (request_id, created_at, minute, data) VALUES (?, ?, ?, ?)",
+                (
+                    str(record["request_id"]), float(record["created_at"]), minute,
+                    orjson.dumps(record).decode(),
+                ),
+            )
+            if cursor.rowcount != 1:
+                continue  # already stored: idempotent replay
+            new += 1
+            rows = [
+                (
+                    str(record["request_id"]), dimension, group, minute,
+                    item.requests, item.prompt_tokens, item.completion_tokens, item.cost_usd,
+                    item.savings_usd, item.escalated, item.errors,
+                    None if item.latency_ms is None else bucket_of(item.latency_ms),
+                    None if item.ttft_ms is None else bucket_of(item.ttft_ms),
+                )
+                for dimension, groups in contributions(record).items()
+                for group, item in groups.items()
+            ]
+            connection.executemany("INSERT INTO facts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return new
+
+
+def _totals(connection: sqlite3.Connection, first: int, last: int, dimension: str) -> dict[str, GroupTotals]:
+    where = "WHERE dimension = ? AND minute BETWEEN ? AND ?"
+    params = (dimension, first, last)
+    sums = ", ".join(f"SUM({column})" for column in _COUNTER_COLUMNS)
+    groups: dict[str, GroupTotals] = {}
+    for row in connection.execute(f"SELECT group_key, {sums} FROM facts {where} GROUP BY group_key", params):
+        totals = groups[row[0]] = GroupTotals()
+        for column, value in zip(_COUNTER_COLUMNS, row[1:], strict=True):
+            totals.add_counter(column, value or 0)
+    for column, attribute in (("lat_bucket", "latency_hist"), ("ttft_bucket", "ttft_hist")):
+        query = (
+            f"SELECT group_key, {column}, COUNT(*) FROM facts {where} AND {column} IS NOT NULL "
+            f"GROUP BY group_key, {column}"
+        )
+        for group, bucket, count in connection.execute(query, params):
+            getattr(groups.setdefault(group, GroupTotals()), attribute)[int(bucket)] = int(count)
+    return groups

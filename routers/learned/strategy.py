@@ -1,0 +1,113 @@
+"""The ``learned`` strategy: a pre-call router picks the weak or the strong target per request.
+
+The request text (last user turn, or the whole conversation) is embedded and scored by a
+:class:`LearnedRouter`; ``score >= threshold`` sends it to ``strong``, else to ``weak``. The
+decision is recorded: ``ctx.record.extra["router_score"]`` / ``["router_threshold"]``, the route,
+and the ``x-slm-gateway-router-score`` response header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gateway.backends.base import GenerationDone
+from gateway.errors import UpstreamUnavailableError
+from policies.loader import PolicyError
+from policies.strategies import LearnedStrategy, split_target
+from routers.base import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
+from routers.learned.router import LearnedRouter
+from routers.registry import register_strategy
+
+SCORE_HEADER = "x-slm-gateway-router-score"
+ROUTE_HEADER = "x-slm-gateway-router-target"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    kind: Literal["backend", "model"]
+    name: str
+
+
+def routing_text(request: ChatRequestView, embed: Literal["last_user", "conversation"]) -> str:
+    if embed == "last_user":
+        return request.last_user_text()
+    # The embedder truncates at 256 tokens from the start; put the latest turn first so a long
+    # history cannot push it out of the window.
+    turns = [f"{m.role}: {m.content}" for m in request.messages if m.content]
+    return "\n".join(reversed(turns))
+
+
+@register_strategy("learned")
+class Learned(Strategy[LearnedStrategy]):
+    router: LearnedRouter | None = None
+
+    async def start(self) -> None:
+        problems: list[str] = []
+        self.weak_target = self._resolve(self.config.weak, problems)
+        self.strong_target = self._resolve(self.config.strong, problems)
+        directory = Path(self.config.router_dir).expanduser()
+        try:
+            # Loading torch weights and the first forward pass take ~1 s: keep the loop free.
+            self.router = await asyncio.to_thread(LearnedRouter.load, directory)
+            await asyncio.to_thread(self.router.score, "warm-up")
+        except (ValueError, FileNotFoundError) as exc:
+            problems.append(f"router_dir: {exc}")
+        if problems:
+            raise PolicyError(f"models.{self.public_name}", problems)
+
+    def _resolve(self, raw: str, problems: list[str]) -> Target:
+        kind, name = split_target(raw)
+        if kind in (None, "backend") and name in self.resources.backends:
+            return Target("backend", name)
+        if kind in (None, "model") and name in self.resources.strategies:
+            if name == self.public_name:
+                problems.append(f"target {raw!r} delegates back to {self.public_name!r}")
+            return Target("model", name)
+        problems.append(f"target {raw!r} is neither a backend nor a model of this policy")
+        return Target("backend", name)
+
+    @property
+    def threshold(self) -> float:
+        if self.config.threshold is not None:
+            return self.config.threshold
+        return self.router.threshold if self.router is not None else 0.5
+
+    def ready(self) -> bool:
+        if self.router is None:
+            return False
+        return all(self._target_ready(t) for t in (self.weak_target, self.strong_target))
+
+    def _target_ready(self, target: Target) -> bool:
+        if target.kind == "backend":
+            return self.resources.backend(target.name).ready
+        return self.resources.strategies[target.name].ready()
+
+    async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
+        router = self.router
+        if router is None:
+            raise UpstreamUnavailableError(f"model {self.public_name!r}: learned router not loaded")
+        score = await asyncio.to_thread(router.score, routing_text(request, self.config.embed))
+        threshold = self.threshold
+        target = self.strong_target if router.needs_strong(score, threshold) else self.weak_target
+        ctx.record.extra["router_score"] = round(score, 6)
+        ctx.record.extra["router_threshold"] = threshold
+        ctx.response_headers[SCORE_HEADER] = f"{score:.4f}"
+        ctx.response_headers[ROUTE_HEADER] = "strong" if target is self.strong_target else "weak"
+        if target.kind == "model":
+            ctx.set_route(target.name)  # the delegate may refine it with its own route
+            async for event in self.resources.strategies[target.name].chat(request, ctx):
+                yield event
+            return
+        ctx.set_route(target.name)
+        async for generated in ctx.call_chat(target.name, request.messages, request.params):
+            if isinstance(generated, GenerationDone):
+                yield AnswerDone(
+                    generated.finish_reason, generated.prompt_tokens, generated.completion_tokens,
+                    generated.model,
+                )
+            else:
+                yield generated
