@@ -51,12 +51,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return create_error_response(NotFoundError("Unknown endpoint.", code="not_found"))
         if exc.status_code == 405:
-            error = InvalidRequestError("Method not allowed for this endpoint.", code="method_not_allowed")
-            error.status_code = 405
-            return create_error_response(error)
-        error = GatewayError(str(exc.detail))
-        error.status_code = exc.status_code
-        return create_error_response(error)
+            not_allowed = InvalidRequestError("Method not allowed for this endpoint.", code="method_not_allowed")
+            not_allowed.status_code = 405
+            return create_error_response(not_allowed)
+        other = GatewayError(str(exc.detail))
+        other.status_code = exc.status_code
+        return create_error_response(other)
 
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         return create_error_response(exc)

@@ -39,7 +39,7 @@ class GatewayError(Exception):
 class InvalidRequestError(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
-    default_code = None
+    default_code: str | None = None
 
 
 class UnsupportedParameterError(InvalidRequestError):

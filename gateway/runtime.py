@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from gateway.backends.base import Backend
 from gateway.backends.local.backend import LocalModelBackend
@@ -29,7 +30,9 @@ def build_backend(name: str, config: BackendConfig) -> Backend:
 
 
 class PolicyRuntime:
-    def __init__(self, policy: Policy, backends: Mapping[str, Backend], strategies: Mapping[str, Strategy]) -> None:
+    def __init__(
+        self, policy: Policy, backends: Mapping[str, Backend], strategies: Mapping[str, Strategy[Any]]
+    ) -> None:
         self.policy = policy
         self.backends = dict(backends)
         self.strategies = dict(strategies)
@@ -48,16 +51,16 @@ class PolicyRuntime:
         prices = {name: config.price for name, config in policy.backends.items()}
         resources = GatewayResources(backends=backends, prices=prices)
         registry = load_builtin_strategies()
-        strategies: dict[str, Strategy] = {}
-        for public, config in policy.models.items():
-            strategy_class = registry.get(config.type)
-            strategies[public] = strategy_class(public, config, resources)
+        strategies: dict[str, Strategy[Any]] = {}
+        for public, strategy_config in policy.models.items():
+            strategy_class = registry.get(strategy_config.type)
+            strategies[public] = strategy_class(public, strategy_config, resources)
         resources.strategies.update(strategies)
         for strategy in strategies.values():
             await strategy.start()
         return cls(policy, backends, strategies)
 
-    def strategy(self, public_model: str) -> Strategy:
+    def strategy(self, public_model: str) -> Strategy[Any]:
         try:
             return self.strategies[public_model]
         except KeyError:

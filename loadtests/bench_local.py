@@ -22,8 +22,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.backends.base import ChatMessage, SamplingParams, TokenChunk  # noqa: E402
-from loadtests.bench_report import machine_line, write_section  # noqa: E402
+from gateway.backends.base import ChatMessage, SamplingParams, TokenChunk
+from loadtests.bench_report import machine_line, write_section
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -98,16 +98,18 @@ def main() -> None:
     rows = [
         ("cold load (GGUF de-quantise + write cache)", f"{cold:.1f} s", "—"),
         ("cached load", f"{figures['cached_load_s']:.2f} s", "< 3 s"),
-        ("one stream", f"{figures['single_tps']:.1f} tokens/s (TTFT {figures['single_ttft_ms']:.0f} ms)", "≥ 12"),
-        ("4 concurrent streams, aggregate", f"{figures['concurrent4_tps']:.1f} tokens/s "
-         f"({figures['speedup_4x']:.2f}× one stream)", "≥ 1.5×"),
+        ("one stream", f"{figures['single_tps']:.1f} tokens/s "
+         f"(TTFT {figures['single_ttft_ms']:.0f} ms)", "≥ 12"),
+        ("4 concurrent streams, aggregate",
+         f"{figures['concurrent4_tps']:.1f} tokens/s ({figures['speedup_4x']:.2f}× one stream)", "≥ 1.5×"),
         ("peak RSS while serving", f"{figures['peak_rss_mb']:.0f} MB", "< 1.5 GB"),
     ]
     table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     if not args.no_write:
         write_section("local-backend", f"""## In-process backend (SmolLM2-135M-Instruct, transformers, CPU)
 
-`{Path(sys.executable).name} loadtests/bench_local.py` — {machine_line()}; greedy, {args.max_tokens} new tokens per stream.
+`python loadtests/bench_local.py` — {machine_line()};
+greedy, {args.max_tokens} new tokens per stream.
 
 | measure | result | target |
 |---|---|---|

@@ -17,7 +17,8 @@ HEADER = "# Benchmarks\n\nEvery figure below was printed by the script named in 
 def machine_line() -> str:
     import os
 
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
+    cores = os.cpu_count()
+    return f"{platform.machine()}, {cores} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
 
 
 def write_section(name: str, markdown: str, path: Path = BENCHMARKS_MD) -> None:

@@ -62,6 +62,10 @@ def reference_problems(policy: Policy) -> list[str]:
         for model in strategy.referenced_models():
             if model not in policy.models:
                 problems.append(f"models.{public}: unknown model {model!r} (known: {sorted(policy.models)})")
+        # Targets that may name either a backend or a model (rules' bare target names).
+        for target in getattr(strategy, "referenced_targets", list)():
+            if target not in policy.backends and target not in policy.models:
+                problems.append(f"models.{public}: {target!r} is neither a backend nor a model")
     problems.extend(_cycle_problems(policy))
     return problems
 

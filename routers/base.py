@@ -23,7 +23,6 @@ from gateway.backends.base import (
     Backend,
     ChatMessage,
     CompletionPrompt,
-    GenerationDone,
     GenerationEvent,
     SamplingParams,
     TokenChunk,
@@ -76,7 +75,7 @@ class GatewayResources:
 
     backends: Mapping[str, Backend]
     prices: Mapping[str, Price]
-    strategies: dict[str, Strategy] = field(default_factory=dict)
+    strategies: dict[str, Strategy[Any]] = field(default_factory=dict)
 
     def backend(self, name: str) -> Backend:
         return self.backends[name]
@@ -118,7 +117,7 @@ class RequestContext:
         call = CallRecord(backend=backend.name, model=backend.model_name, started_at=time.time(), purpose=purpose)
         self.record.calls.append(call)
         started = time.perf_counter()
-        price = self.resources.prices.get(backend.name, Price())
+        price = self.resources.prices.get(backend.name) or Price(input_per_1m=0.0, output_per_1m=0.0)
         completion_tokens = 0
         try:
             async for event in events:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from routers.base import Strategy
 
-StrategyClass = TypeVar("StrategyClass", bound="type[Strategy]")
+StrategyClass = TypeVar("StrategyClass", bound="type[Strategy[Any]]")
 
 BUILTIN_STRATEGY_MODULES: tuple[str, ...] = (
     "routers.static",
@@ -24,7 +24,7 @@ BUILTIN_STRATEGY_MODULES: tuple[str, ...] = (
 
 class StrategyRegistry:
     def __init__(self) -> None:
-        self._by_type: dict[str, type[Strategy]] = {}
+        self._by_type: dict[str, type[Strategy[Any]]] = {}
 
     def register(self, type_tag: str) -> Callable[[StrategyClass], StrategyClass]:
         def decorate(cls: StrategyClass) -> StrategyClass:
@@ -36,7 +36,7 @@ class StrategyRegistry:
 
         return decorate
 
-    def get(self, type_tag: str) -> type[Strategy]:
+    def get(self, type_tag: str) -> type[Strategy[Any]]:
         try:
             return self._by_type[type_tag]
         except KeyError:

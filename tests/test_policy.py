@@ -47,7 +47,9 @@ def test_policy_check_cli(tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(smollm2_policy()))
     bad = tmp_path / "bad.yaml"
-    bad.write_text("backends:\n  slm: {type: local, price: {input_per_1m: -1}}\nmodels:\n  m: {type: static, backend: b}\n")
+    bad.write_text(
+        "backends:\n  slm: {type: local, price: {input_per_1m: -1}}\nmodels:\n  m: {type: static, backend: b}\n"
+    )
     run = [sys.executable, "-m", "gateway.cli", "policy", "check"]
     ok = subprocess.run([*run, str(good)], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0 and "ok" in ok.stdout

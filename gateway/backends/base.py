@@ -118,10 +118,10 @@ class Backend(ABC):
         """True when :meth:`stream_completion` can continue an assistant prefix."""
         return False
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Load models / open connection pools."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Release resources."""
 
     @abstractmethod

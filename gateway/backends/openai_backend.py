@@ -85,8 +85,12 @@ class OpenAICompatibleBackend(Backend):
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             headers=headers,
-            timeout=httpx.Timeout(connect=timeouts.connect, read=timeouts.idle, write=timeouts.idle, pool=timeouts.connect),
-            limits=httpx.Limits(max_connections=self.config.max_connections, max_keepalive_connections=self.config.max_connections),
+            timeout=httpx.Timeout(
+                connect=timeouts.connect, read=timeouts.idle, write=timeouts.idle, pool=timeouts.connect
+            ),
+            limits=httpx.Limits(
+                max_connections=self.config.max_connections, max_keepalive_connections=self.config.max_connections
+            ),
         )
 
     async def close(self) -> None:

@@ -152,7 +152,7 @@ async def _sse(
         scope.client_gone()
         raise
     finally:
-        await events.aclose()
+        await _close(events)
         await scope.finish(usage)
 
 
@@ -160,3 +160,9 @@ def _content_chunk(chunk: Any, event: TokenChunk, with_logprobs: bool) -> bytes:
     logprobs = {"content": [chat_logprob_entry(item) for item in event.logprobs]} if with_logprobs else None
     data: bytes = chunk({"content": event.text}, None, logprobs)
     return data
+
+
+async def _close(events: AsyncIterator[Any]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()

@@ -212,5 +212,11 @@ async def _sse(
         scope.client_gone()
         raise
     finally:
-        await events.aclose()
+        await _close(events)
         await scope.finish(usage)
+
+
+async def _close(events: AsyncIterator[Any]) -> None:
+    close = getattr(events, "aclose", None)
+    if close is not None:
+        await close()

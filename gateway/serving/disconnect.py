@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -35,8 +36,7 @@ async def run_unless_disconnected(request: Request, work: Coroutine[Any, Any, T]
         watcher.cancel()
         return task.result()
     task.cancel()
-    try:
+    # The cancelled work's own error is moot: nobody is listening.
+    with contextlib.suppress(BaseException):
         await task
-    except BaseException:  # the cancelled work's own error is moot: nobody is listening
-        pass
     raise ClientDisconnected()

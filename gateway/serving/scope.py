@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from gateway.accounting.finalize import finalize_record
 from gateway.accounting.record import RequestRecord
@@ -25,7 +26,7 @@ ROUTE_HEADER = "x-slm-gateway-route"
 
 class RequestScope:
     def __init__(
-        self, state: GatewayState, strategy: Strategy, endpoint: str, stream: bool, key_id: str | None = None
+        self, state: GatewayState, strategy: Strategy[Any], endpoint: str, stream: bool, key_id: str | None = None
     ) -> None:
         self.state = state
         self.started = time.perf_counter()

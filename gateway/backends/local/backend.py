@@ -21,7 +21,6 @@ from gateway.backends.base import (
 )
 from gateway.backends.local.detokenize import IncrementalDetokenizer, StopMatcher
 from gateway.backends.local.engine import (
-    EngineFinished,
     EngineOutput,
     EngineRequest,
     GeneratedToken,

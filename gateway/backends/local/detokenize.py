@@ -27,7 +27,8 @@ class IncrementalDetokenizer:
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)
-            return full[len(prefix) :]
+            delta: str = full[len(prefix) :]
+            return delta
         return ""
 
 

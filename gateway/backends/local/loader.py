@@ -114,7 +114,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(source.directory), gguf_file=source.gguf_file)
     # The weights are de-quantised to float32 already; drop the GGUF quantizer marker so
     # save_pretrained writes them as ordinary tensors.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     partial = target.with_name(target.name + ".partial")
@@ -145,5 +145,5 @@ def load_model(
         lm = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"cannot load model from {directory}: {exc}") from exc
-    lm.eval()
+    lm.eval()  # type: ignore[no-untyped-call]
     return lm, tokenizer
