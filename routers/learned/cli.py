@@ -51,10 +51,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         target = ThresholdTarget.parse(args.target)
-    except ValueError as exc:
+        router = train_from_file(args.data, args.out, kind=args.model, target=target, label_rule=args.label)
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    router = train_from_file(args.data, args.out, kind=args.model, target=target, label_rule=args.label)
     training = router.meta.training
     print(
         f"wrote {args.out}: {args.model} on {training['rows']} rows "
@@ -67,12 +67,17 @@ def run_eval(args: argparse.Namespace) -> int:
     from routers.learned.router import LearnedRouter
     from routers.learned.training import evaluate_file
 
-    router = LearnedRouter.load(args.router)
-    evaluation = evaluate_file(router, args.data, bins=args.bins or None, progress=not args.json)
+    try:
+        router = LearnedRouter.load(args.router)
+        evaluation = evaluate_file(router, args.data, bins=args.bins or None, progress=not args.json)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.plot:
         from routers.learned.plot import plot_evaluation
 
-        plot_evaluation(evaluation, args.plot, title=f"{router.meta.classifier} router on {args.data.name}")
+        source = f"{args.data.parent.name}/{args.data.name}"
+        plot_evaluation(evaluation, args.plot, title=f"{router.meta.classifier} router on {source}")
     result = evaluation.router.to_dict() | {
         "random": evaluation.random.to_dict(),
         "threshold": router.threshold,

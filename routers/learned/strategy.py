@@ -18,7 +18,14 @@ from gateway.backends.base import GenerationDone
 from gateway.errors import UpstreamUnavailableError
 from policies.loader import PolicyError
 from policies.strategies import LearnedStrategy, split_target
-from routers.base import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
+from routers.base import (
+    AnswerDone,
+    ChatRequestView,
+    GatewayResources,
+    RequestContext,
+    Strategy,
+    StrategyEvent,
+)
 from routers.learned.router import LearnedRouter
 from routers.registry import register_strategy
 
@@ -43,7 +50,11 @@ def routing_text(request: ChatRequestView, embed: Literal["last_user", "conversa
 
 @register_strategy("learned")
 class Learned(Strategy[LearnedStrategy]):
-    router: LearnedRouter | None = None
+    def __init__(self, public_name: str, config: LearnedStrategy, resources: GatewayResources) -> None:
+        super().__init__(public_name, config, resources)
+        self.router: LearnedRouter | None = None  # loaded by start()
+        self.weak_target = Target("backend", split_target(config.weak)[1])
+        self.strong_target = Target("backend", split_target(config.strong)[1])
 
     async def start(self) -> None:
         problems: list[str] = []
