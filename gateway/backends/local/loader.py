@@ -134,11 +134,16 @@ def load_model(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
     directory = ensure_hf_directory(resolve_source(model, gguf_file), cache_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        if (directory / "tokenizer.json").exists():
+            # The generic fast tokenizer reads tokenizer.json + chat template directly; the Auto
+            # path resolves a class first and costs ~1.5 s more on every start.
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
         kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
         if num_layers is not None:
             kwargs["num_hidden_layers"] = num_layers
