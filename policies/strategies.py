@@ -13,17 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class StrategyBase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def referenced_backends(self) -> list[str]:
-        """Backend names this strategy calls directly."""
-        return []
-
-    def referenced_models(self) -> list[str]:
-        """Other public models (strategies) this strategy delegates to."""
-        return []
+from policies.strategy_base import StrategyBase
 
 
 class StaticStrategy(StrategyBase):
@@ -207,4 +197,48 @@ class LearnedStrategy(StrategyBase):
         return [split_target(t)[1] for t in self.targets() if split_target(t)[0] == "model"]
 
 
-StrategyConfig = Annotated[StaticStrategy | RulesStrategy | LearnedStrategy, Field(discriminator="type")]
+# --- speculative (routers/speculative, docs/speculative.md) ------------------------------
+
+
+class SpeculativeDraft(RulePart):
+    """Where draft tokens come from: another local backend, or the target's own first N layers."""
+
+    backend: str | None = None
+    self_layers: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> SpeculativeDraft:
+        if (self.backend is None) == (self.self_layers is None):
+            raise ValueError("give exactly one of draft.backend / draft.self_layers")
+        return self
+
+
+class SpeculativeStrategy(StrategyBase):
+    """The draft proposes ``k`` tokens per round; the target verifies them (see docs/speculative.md).
+
+    ``mode``: ``verify`` (the target scores the drafts: in-process, or over ``/v1/completions``
+    with prompt logprobs), ``predicted`` (the draft's whole answer is sent as OpenAI's
+    ``prediction``), ``auto`` (verify for local targets and those that continue a prefix,
+    predicted otherwise).
+    """
+
+    type: Literal["speculative"]
+    target: str = Field(min_length=1)
+    draft: SpeculativeDraft
+    k: int = Field(default=4, ge=1, le=32)
+    adaptive_k: bool = True
+    max_k: int = Field(default=8, ge=1, le=32)
+    mode: Literal["auto", "verify", "predicted"] = "auto"
+    # Top-K prompt logprobs asked of a remote verifier when sampling (temperature > 0).
+    remote_top_logprobs: int = Field(default=20, ge=1, le=20)
+
+    def referenced_backends(self) -> list[str]:
+        return [self.target] + ([self.draft.backend] if self.draft.backend else [])
+
+
+from policies.cascade import CascadeStrategy  # noqa: E402 - one module per larger strategy config
+
+StrategyConfig = Annotated[
+    StaticStrategy | RulesStrategy | LearnedStrategy | CascadeStrategy | SpeculativeStrategy,
+    Field(discriminator="type"),
+]

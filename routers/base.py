@@ -29,7 +29,7 @@ from gateway.backends.base import (
 )
 from gateway.errors import GatewayError, InvalidRequestError, error_kind
 from policies.schema import Price
-from policies.strategies import StrategyBase
+from policies.strategy_base import StrategyBase
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ BUILTIN_STRATEGY_MODULES: tuple[str, ...] = (
     "routers.static",
     "routers.rules.strategy",
     "routers.learned.strategy",
+    "routers.cascade.strategy",
 )
 
 

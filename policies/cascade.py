@@ -1,0 +1,72 @@
+"""Configuration of the ``cascade`` strategy (see docs/cascade.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policies.strategy_base import StrategyBase
+
+ScorerName = Literal["mean_logprob", "min_logprob", "quantile_logprob", "neg_entropy", "mean_margin",
+                     "first_token_margin"]
+
+
+class CascadePart(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Calibration(CascadePart):
+    """Isotonic map from raw score to P(correct), as breakpoints (``x`` ascending)."""
+
+    x: list[float] = Field(min_length=2)
+    y: list[float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Calibration:
+        if len(self.x) != len(self.y):
+            raise ValueError("calibration x and y must have the same length")
+        if any(b < a for a, b in zip(self.x, self.x[1:], strict=False)):
+            raise ValueError("calibration x must be ascending")
+        if any(not 0.0 <= v <= 1.0 for v in self.y):
+            raise ValueError("calibration y values are probabilities in [0, 1]")
+        return self
+
+
+class EarlyExit(CascadePart):
+    """Stop the attempt once escalation is certain: the mean logprob of the last ``window``
+    tokens fell below ``floor``, or one token fell below ``token_floor``."""
+
+    window: int = Field(8, ge=1)
+    floor: float = -2.5
+    token_floor: float | None = None
+
+
+class CascadeTier(CascadePart):
+    backend: str
+    scorer: ScorerName = "mean_logprob"
+    threshold: float | None = Field(None, description="Escalate when the (calibrated) score is below it.")
+    calibration: Calibration | None = None
+    max_tokens: int | None = Field(None, ge=1, description="Cap on this tier's attempt.")
+    early_exit: EarlyExit | None = None
+
+
+class CascadeStrategy(StrategyBase):
+    """Try tiers in order; the last tier's answer is final."""
+
+    type: Literal["cascade"]
+    mode: Literal["buffer", "handoff"] = "buffer"
+    tiers: list[CascadeTier] = Field(min_length=2)
+    top_logprobs: int = Field(5, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> CascadeStrategy:
+        for index, tier in enumerate(self.tiers[:-1]):
+            if tier.threshold is None:
+                raise ValueError(f"tiers[{index}] needs a threshold (only the last tier has none)")
+            if self.mode == "handoff" and tier.early_exit is None:
+                raise ValueError(f"tiers[{index}] needs early_exit: hand-off switches tiers on the running check")
+        return self
+
+    def referenced_backends(self) -> list[str]:
+        return [tier.backend for tier in self.tiers]

@@ -1,0 +1,170 @@
+"""``cascade``: the small model answers first; low confidence escalates to the next tier.
+
+Two modes:
+
+* ``buffer`` — each non-final tier's answer is generated in full (or until early exit
+  makes escalation certain), scored, and either returned or discarded (its call is recorded
+  with ``used: false``) before the next tier runs.
+* ``handoff`` — tokens stream to the client while each tier's running check holds; when it
+  fails mid-answer, the next tier *continues the answer so far* (assistant-prefix
+  continuation over ``/v1/completions``), so the client receives one coherent answer. Needs
+  a first tier that can render its chat template and next tiers that can continue a prefix
+  (in-process, vLLM, slm-gateway); otherwise the request runs in ``buffer`` mode and the
+  record says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from gateway.backends.base import CompletionPrompt, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
+from policies.cascade import CascadeStrategy, CascadeTier
+from routers.base import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
+from routers.cascade.calibration import apply_calibration
+from routers.cascade.monitor import RunningCheck
+from routers.cascade.scorers import SCORERS
+from routers.registry import register_strategy
+
+CONFIDENCE_HEADER = "x-slm-gateway-confidence"
+
+
+def client_chunk(event: TokenChunk, params: SamplingParams) -> TokenChunk:
+    """The chunk as the client asked for it: we may have requested more logprobs than they did."""
+    if not params.logprobs:
+        return TokenChunk(text=event.text, token_ids=event.token_ids)
+    n = params.top_logprobs
+    trimmed = tuple(replace(t, top=t.top[:n]) for t in event.logprobs)
+    return TokenChunk(text=event.text, logprobs=trimmed, token_ids=event.token_ids)
+
+
+@register_strategy("cascade")
+class Cascade(Strategy[CascadeStrategy]):
+    def ready(self) -> bool:
+        return all(self.resources.backend(t.backend).ready for t in self.config.tiers)
+
+    def _attempt_params(self, request: ChatRequestView, tier: CascadeTier, used_tokens: int = 0) -> SamplingParams:
+        params = request.params
+        max_tokens = params.max_tokens
+        if max_tokens is not None:
+            max_tokens = max(1, max_tokens - used_tokens)
+        if tier.max_tokens is not None:
+            max_tokens = min(max_tokens or tier.max_tokens, tier.max_tokens)
+        return replace(params, max_tokens=max_tokens, logprobs=True,
+                       top_logprobs=max(params.top_logprobs, self.config.top_logprobs))
+
+    def _score(self, tier: CascadeTier, logprobs: list[TokenLogprob]) -> float:
+        return apply_calibration(tier.calibration, SCORERS[tier.scorer](logprobs))
+
+    def _handoff_blocker(self) -> str | None:
+        tiers = self.config.tiers
+        for tier in tiers[1:]:
+            if not self.resources.backend(tier.backend).supports_prefix_continuation:
+                return f"backend {tier.backend!r} cannot continue an assistant prefix"
+        return None
+
+    async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
+        if self.config.mode == "handoff":
+            blocker = self._handoff_blocker()
+            prompt = None if blocker else await self.resources.backend(self.config.tiers[0].backend) \
+                .render_chat_prompt(request.messages)
+            if blocker is None and prompt is None:
+                blocker = f"backend {self.config.tiers[0].backend!r} cannot render its chat template"
+            if prompt is not None:
+                async for event in self._handoff(request, ctx, prompt):
+                    yield event
+                return
+            ctx.record.extra["handoff_fallback"] = f"buffer: {blocker}"
+        async for event in self._buffer(request, ctx):
+            yield event
+
+    async def _buffer(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
+        route: list[str] = []
+        for index, tier in enumerate(self.config.tiers):
+            route.append(tier.backend)
+            ctx.set_route(">".join(route))
+            if index == len(self.config.tiers) - 1:
+                ctx.record.escalated = index > 0
+                async for event in ctx.call_chat(tier.backend, request.messages, request.params):
+                    yield _answer(event) if isinstance(event, GenerationDone) else event
+                return
+            chunks: list[TokenChunk] = []
+            logprobs: list[TokenLogprob] = []
+            done: GenerationDone | None = None
+            check = RunningCheck(tier.early_exit) if tier.early_exit else None
+            stream = ctx.call_chat(tier.backend, request.messages, self._attempt_params(request, tier))
+            try:
+                async for event in stream:
+                    if isinstance(event, GenerationDone):
+                        done = event
+                        continue
+                    chunks.append(event)
+                    logprobs.extend(event.logprobs)
+                    if check is not None and not all(check.add(t) for t in event.logprobs):
+                        break  # escalation is certain: stop generating a doomed answer
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            score = self._score(tier, logprobs)
+            if index == 0:
+                ctx.record.confidence = score
+                ctx.response_headers[CONFIDENCE_HEADER] = f"{score:.4f}"
+            assert tier.threshold is not None
+            if done is not None and (check is None or check.failed_at is None) and score >= tier.threshold:
+                ctx.record.escalated = index > 0
+                for chunk in chunks:
+                    yield client_chunk(chunk, request.params)
+                yield _answer(done)
+                return
+            ctx.last_call().used = False
+            if check is not None and check.failed_at is not None:
+                ctx.record.extra.setdefault("early_exit", []).append({"tier": tier.backend, "at_token": check.failed_at})
+
+    async def _handoff(
+        self, request: ChatRequestView, ctx: RequestContext, prompt: str
+    ) -> AsyncIterator[StrategyEvent]:
+        route: list[str] = []
+        prefix = ""
+        streamed = 0
+        prompt_ids = await self.resources.backend(self.config.tiers[0].backend).tokenize(prompt)
+        prompt_tokens: int | None = len(prompt_ids) if prompt_ids is not None else None
+        for index, tier in enumerate(self.config.tiers):
+            last = index == len(self.config.tiers) - 1
+            route.append(tier.backend)
+            ctx.set_route(">".join(route))
+            params = self._attempt_params(request, tier, streamed)
+            if index == 0:
+                stream = ctx.call_chat(tier.backend, request.messages, params)
+            else:
+                stream = ctx.call_completion(tier.backend, CompletionPrompt(text=prompt + prefix), params)
+            check = RunningCheck(tier.early_exit) if (tier.early_exit and not last) else None
+            logprobs: list[TokenLogprob] = []
+            done: GenerationDone | None = None
+            try:
+                async for event in stream:
+                    if isinstance(event, GenerationDone):
+                        done = event
+                        continue
+                    if check is not None and not all(check.add(t) for t in event.logprobs):
+                        break  # this token is where confidence failed: the next tier writes it
+                    logprobs.extend(event.logprobs)
+                    prefix += event.text
+                    streamed += len(event.token_ids) or len(event.logprobs) or 1
+                    yield client_chunk(event, request.params)
+            finally:
+                await stream.aclose()  # type: ignore[attr-defined]
+            if index == 0:
+                ctx.record.confidence = self._score(tier, logprobs)
+            if done is not None and prompt_tokens is None:
+                prompt_tokens = done.prompt_tokens
+            if done is not None and (check is None or check.failed_at is None):
+                ctx.record.escalated = index > 0
+                yield AnswerDone(done.finish_reason, prompt_tokens or done.prompt_tokens, streamed, done.model)
+                return
+            ctx.record.escalated = True
+            at_token = check.failed_at if check is not None else None
+            ctx.record.extra.setdefault("handoffs", []).append(
+                {"from": tier.backend, "at_token": at_token, "prefix_chars": len(prefix)})
+
+
+def _answer(done: GenerationDone) -> AnswerDone:
+    return AnswerDone(done.finish_reason, done.prompt_tokens, done.completion_tokens, done.model)
