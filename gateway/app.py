@@ -15,6 +15,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway.auth.api import build_keys_router
+from gateway.auth.lifecycle import start_keys, stop_keys
+from gateway.auth.middleware import ApiKeyAuth
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import BodySizeLimit
 from gateway.routes import build_router
@@ -70,6 +73,7 @@ def build_app(
         sink = accounting or _default_accounting(settings, policy.gateway.record_stream_maxlen)
         await sink.start()
         state = GatewayState(settings=settings, runtime=runtime, accounting=sink, metrics=metrics or _default_metrics())
+        start_keys(state)
         app.state.gateway = state
         _install_accounting_routes(app, sink)
         if handle_signals:
@@ -79,12 +83,15 @@ def build_app(
         finally:
             await drain(state)
             await state.runtime.close()
+            await stop_keys(state)  # settles reservations still in flight before accounting closes
             await sink.close()
 
     app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible gateway: small model where it is good enough, large where not.")
     install_error_handlers(app)
     app.include_router(build_router())
+    app.include_router(build_keys_router())
+    app.add_middleware(ApiKeyAuth, fastapi_app=app)
     app.add_middleware(InFlightCounter, fastapi_app=app)
     app.add_middleware(BodySizeLimit, limit=lambda: _body_limit(app, policy.gateway.max_body_bytes))
     return app

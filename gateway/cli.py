@@ -50,6 +50,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "!!! binding %s with NO authentication: anyone who can reach this port can spend your upstream "
             "budget. Set SLM_GATEWAY_ADMIN_KEY to require API keys. !!!", args.host,
         )
+    os.environ["SLM_GATEWAY_DRAIN_SECONDS"] = str(args.drain_seconds)
+    if args.workers == 1:
+        # One process: drain on SIGTERM (readiness off, in-flight finish) before stopping.
+        from gateway.asgi import create_app
+        from gateway.serve import serve_draining
+
+        serve_draining(create_app(), host=args.host, port=args.port, log_level=args.log_level,
+                       access_log=args.access_log, drain_seconds=args.drain_seconds)
+        return 0
     uvicorn.run(
         "gateway.asgi:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
         log_level=args.log_level, loop="auto", http="auto", timeout_graceful_shutdown=int(args.drain_seconds),

@@ -40,9 +40,10 @@ def build_router() -> APIRouter:
     async def models(request: Request) -> ModelList:
         state = get_state(request)
         created = int(state.started_at)
+        allowed = tuple(getattr(request.state, "key_models", ()))  # a virtual key sees only its models
         return ModelList.model_validate({"data": [
             {"id": name, "created": created, "owned_by": f"slm-gateway:{strategy.config.type}"}
-            for name, strategy in state.runtime.strategies.items()
+            for name, strategy in state.runtime.strategies.items() if not allowed or name in allowed
         ]})
 
     @router.get("/health")
@@ -56,12 +57,18 @@ def build_router() -> APIRouter:
         local_loaded = all(ok for name, ok in backends.items() if state.runtime.backends[name].is_local)
         models = {name: s.ready() for name, s in state.runtime.strategies.items()}
         is_ready = local_loaded and not state.draining
-        body = {"ready": is_ready, "draining": state.draining, "backends": backends, "models": models, "time": now()}
+        body = {"ready": is_ready, "draining": state.draining, "backends": backends, "models": models,
+                "circuits": state.runtime.circuits(), "time": now()}
         return JSONResponse(body, status_code=200 if is_ready else 503)
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics(request: Request) -> Response:
-        data, content_type = get_state(request).metrics.render()
+        state = get_state(request)
+        set_circuit_state = getattr(state.metrics, "set_circuit_state", None)
+        if set_circuit_state is not None:  # breaker states are read at scrape time
+            for backend, circuit in state.runtime.circuits().items():
+                set_circuit_state(backend, circuit)
+        data, content_type = state.metrics.render()
         return Response(data, media_type=content_type)
 
     return router

@@ -16,17 +16,23 @@ from gateway.backends.base import Backend
 from gateway.backends.local.backend import LocalModelBackend
 from gateway.backends.openai_backend import OpenAICompatibleBackend
 from gateway.errors import ModelNotFoundError
+from gateway.reliability.guarded import GuardedBackend
 from policies.schema import BackendConfig, LocalBackend, Policy
 from routers.base import GatewayResources, Strategy
+from routers.fallback import FallbackChain
 from routers.registry import load_builtin_strategies
 
 logger = logging.getLogger(__name__)
 
 
 def build_backend(name: str, config: BackendConfig) -> Backend:
+    """The backend, wrapped in its timeouts, retries and circuit breaker (``.inner`` is the raw one)."""
+    inner: Backend
     if isinstance(config, LocalBackend):
-        return LocalModelBackend(name, config)
-    return OpenAICompatibleBackend(name, config)
+        inner = LocalModelBackend(name, config)
+    else:
+        inner = OpenAICompatibleBackend(name, config)
+    return GuardedBackend(inner, config.timeouts, config.retry, config.circuit_breaker)
 
 
 class PolicyRuntime:
@@ -45,6 +51,12 @@ class PolicyRuntime:
             if reuse is not None and previous == config:
                 backends[name] = reuse.backends[name]
                 continue
+            if reuse is not None and previous is not None and _same_source(previous, config):
+                # Only reliability settings changed: keep the loaded model / connection pool.
+                old = reuse.backends[name]
+                backends[name] = GuardedBackend(getattr(old, "inner", old), config.timeouts, config.retry,
+                                                config.circuit_breaker)
+                continue
             backend = build_backend(name, config)
             await backend.start()
             backends[name] = backend
@@ -58,7 +70,13 @@ class PolicyRuntime:
         resources.strategies.update(strategies)
         for strategy in strategies.values():
             await strategy.start()
-        return cls(policy, backends, strategies)
+        # The request path sees each model behind its fallback chain (empty when none is
+        # declared); sibling strategies keep calling each other directly.
+        served: dict[str, Strategy[Any]] = {
+            public: FallbackChain(strategy, [strategies[f] for f in policy.fallbacks.get(public, [])])
+            for public, strategy in strategies.items()
+        }
+        return cls(policy, backends, served)
 
     def strategy(self, public_model: str) -> Strategy[Any]:
         try:
@@ -72,9 +90,20 @@ class PolicyRuntime:
     def ready(self) -> dict[str, bool]:
         return {name: backend.ready for name, backend in self.backends.items()}
 
+    def circuits(self) -> dict[str, str]:
+        """Each backend's circuit-breaker state: closed, open or half_open."""
+        return {name: str(getattr(backend, "circuit_state", "closed")) for name, backend in self.backends.items()}
+
     async def close(self, keep: PolicyRuntime | None = None) -> None:
         """Close backends, except those ``keep`` took over."""
-        kept = {id(b) for b in keep.backends.values()} if keep else set()
+        kept = {id(getattr(b, "inner", b)) for b in keep.backends.values()} if keep else set()
         for backend in self.backends.values():
-            if id(backend) not in kept:
+            if id(getattr(backend, "inner", backend)) not in kept:
                 await backend.close()
+
+
+def _same_source(old: BackendConfig, new: BackendConfig) -> bool:
+    """Same backend apart from settings the wrapper alone applies (an HTTP backend's client
+    also uses ``timeouts.connect``/``idle``, so for it a timeout change rebuilds the backend)."""
+    wrapper_only = {"retry", "circuit_breaker"} | ({"timeouts"} if isinstance(new, LocalBackend) else set())
+    return type(old) is type(new) and old.model_dump(exclude=wrapper_only) == new.model_dump(exclude=wrapper_only)

@@ -51,6 +51,25 @@ class CascadeTier(CascadePart):
     early_exit: EarlyExit | None = None
 
 
+class RouterStage(CascadePart):
+    """Optional pre-call stage: a learned router (``slm-gateway router train``) scores
+    P(large model needed) from the request text before any tier runs. Below ``low`` the first
+    tier answers with no confidence check; at or above ``high`` the last tier answers directly;
+    in between the cascade runs as usual. It saves the small model's wasted attempt on
+    obviously hard requests and the logprob bookkeeping on obviously easy ones."""
+
+    router_dir: str = Field(min_length=1)
+    low: float = Field(0.0, ge=0.0, le=1.0)
+    high: float = Field(1.0, ge=0.0, le=1.0)
+    embed: Literal["last_user", "conversation"] = "last_user"
+
+    @model_validator(mode="after")
+    def _band(self) -> RouterStage:
+        if self.low > self.high:
+            raise ValueError("router.low must not exceed router.high")
+        return self
+
+
 class CascadeStrategy(StrategyBase):
     """Try tiers in order; the last tier's answer is final."""
 
@@ -58,6 +77,7 @@ class CascadeStrategy(StrategyBase):
     mode: Literal["buffer", "handoff"] = "buffer"
     tiers: list[CascadeTier] = Field(min_length=2)
     top_logprobs: int = Field(5, ge=0, le=20)
+    router: RouterStage | None = None
 
     @model_validator(mode="after")
     def _thresholds(self) -> CascadeStrategy:

@@ -66,7 +66,23 @@ def reference_problems(policy: Policy) -> list[str]:
         for target in getattr(strategy, "referenced_targets", list)():
             if target not in policy.backends and target not in policy.models:
                 problems.append(f"models.{public}: {target!r} is neither a backend nor a model")
+    problems.extend(_fallback_problems(policy))
     problems.extend(_cycle_problems(policy))
+    return problems
+
+
+def _fallback_problems(policy: Policy) -> list[str]:
+    problems = []
+    for public, chain in policy.fallbacks.items():
+        if public not in policy.models:
+            problems.append(f"fallbacks.{public}: unknown model {public!r} (known: {sorted(policy.models)})")
+        for index, target in enumerate(chain):
+            if target not in policy.models:
+                problems.append(f"fallbacks.{public}[{index}]: unknown model {target!r}")
+            elif target == public:
+                problems.append(f"fallbacks.{public}[{index}]: a model cannot be its own fallback")
+        if len(set(chain)) != len(chain):
+            problems.append(f"fallbacks.{public}: lists a model twice")
     return problems
 
 

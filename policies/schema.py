@@ -41,6 +41,30 @@ class Timeouts(StrictModel):
     idle: float = Field(60.0, gt=0)
 
 
+class RetryPolicy(StrictModel):
+    """Retries of one upstream call, only before its first token (docs/reliability.md).
+
+    ``max_attempts`` counts the first try. Backoff is exponential with full jitter:
+    attempt n waits uniform(0, min(max_backoff_s, initial_backoff_s * 2**(n-1))), and every
+    attempt and wait must fit in the call's ``first_token`` (and, non-streamed, ``total``) budget.
+    """
+
+    max_attempts: int = Field(2, ge=1, le=10)
+    initial_backoff_s: float = Field(0.1, ge=0)
+    max_backoff_s: float = Field(2.0, ge=0)
+
+
+class CircuitBreakerPolicy(StrictModel):
+    """Per-backend circuit breaker: open after ``failure_threshold`` consecutive upstream
+    failures, or when the error rate over the last ``window`` calls reaches ``error_rate``;
+    after ``cooldown_s`` one probe call is let through (half-open)."""
+
+    failure_threshold: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=2)
+    cooldown_s: float = Field(10.0, gt=0)
+
+
 class LocalBackend(StrictModel):
     """A model run in-process with transformers.
 
@@ -59,6 +83,8 @@ class LocalBackend(StrictModel):
     price: Price = Price()
     context_length: int = Field(8192, ge=16)
     timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
 
 
 class OpenAIBackend(StrictModel):
@@ -79,6 +105,8 @@ class OpenAIBackend(StrictModel):
     price: Price = Price()
     context_length: int = Field(8192, ge=16)
     timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
     max_connections: int = Field(100, ge=1)
     supports_prefix_continuation: bool = Field(
         False, description="Server continues an assistant prefix (vLLM, slm-gateway) over /v1/completions."
@@ -106,3 +134,8 @@ class Policy(StrictModel):
     gateway: GatewaySection = GatewaySection()
     backends: dict[str, BackendConfig]
     models: dict[str, StrategyConfig]
+    fallbacks: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Public model -> public models that answer, in order, when it fails before its first "
+        "token with an upstream error (502/503/504, circuit open). See docs/reliability.md.",
+    )

@@ -20,6 +20,7 @@ BUILTIN_STRATEGY_MODULES: tuple[str, ...] = (
     "routers.rules.strategy",
     "routers.learned.strategy",
     "routers.cascade.strategy",
+    "routers.speculative.strategy",
 )
 
 

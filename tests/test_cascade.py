@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 
+from routers.learned.classifiers import LogRegModel
+from routers.learned.router import LearnedRouter, RouterMeta
 from tests.gateway_process import GatewayProcess, two_tier_policy
 
 QUESTION = [{"role": "user", "content": "Name the largest planet in the solar system."}]
@@ -24,8 +28,17 @@ def cascade_policy(upstream_url: str, **cascade: Any) -> dict[str, Any]:
     return policy
 
 
+def constant_router(directory: Path, score: float) -> str:
+    """A real learned-router directory whose classifier ignores the text: P(strong) = score."""
+    bias = float(np.log(score / (1 - score)))
+    model = LogRegModel(np.zeros(384, dtype=np.float32), bias, 1.0)
+    LearnedRouter(model, RouterMeta("logreg", model.params(), 0.5, "test")).save(directory)
+    return str(directory)
+
+
 @pytest.fixture(scope="module")
-def cascades(upstream_gateway: GatewayProcess) -> Iterator[GatewayProcess]:
+def cascades(upstream_gateway: GatewayProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    router_dir = constant_router(tmp_path_factory.mktemp("router"), 0.5)
     policy = cascade_policy(upstream_gateway.url)
     models = policy["models"]
     base = models.pop("cascade")
@@ -34,6 +47,10 @@ def cascades(upstream_gateway: GatewayProcess) -> Iterator[GatewayProcess]:
     models["always"] = {**base, "tiers": [{**slm_tier, "threshold": 1e9}, {"backend": "llm"}]}
     models["early"] = {**base, "tiers": [
         {**slm_tier, "threshold": -1e9, "early_exit": {"window": 3, "floor": -1e-6}}, {"backend": "llm"}]}
+    # Router first stage: P(strong) = 0.5 is below ``low`` (easy: the small model answers even
+    # at a threshold that always escalates) or at/above ``high`` (hard: straight to the LLM).
+    models["routed_easy"] = {**models["always"], "router": {"router_dir": router_dir, "low": 0.6, "high": 0.9}}
+    models["routed_hard"] = {**models["never"], "router": {"router_dir": router_dir, "low": 0.1, "high": 0.4}}
     process = GatewayProcess(policy, name="cascade").start()
     yield process
     process.stop()
@@ -67,6 +84,7 @@ def test_threshold_never_escalates(cascades: GatewayProcess) -> None:
 
 def test_threshold_always_escalates_and_discards_the_attempt(cascades: GatewayProcess) -> None:
     response = chat(cascades, "always")
+    assert response.status_code == 200, response.text
     assert response.headers["x-slm-gateway-route"] == "slm>llm"
     assert response.json()["model"] == "upstream-smollm2"
     data = record(cascades, response)
@@ -84,6 +102,21 @@ def test_early_exit_stops_the_doomed_attempt(cascades: GatewayProcess) -> None:
     data = record(cascades, response)
     assert data["extra"]["early_exit"][0]["at_token"] <= 3
     assert data["calls"][0]["completion_tokens"] <= 3
+
+
+@pytest.mark.parametrize(("model", "route", "escalated"),
+                         [("routed_easy", "slm", False), ("routed_hard", "llm", True)])
+def test_router_first_stage_routes_obvious_cases_directly(
+    cascades: GatewayProcess, model: str, route: str, escalated: bool
+) -> None:
+    response = chat(cascades, model)
+    assert response.status_code == 200
+    assert response.headers["x-slm-gateway-route"] == route
+    assert float(response.headers["x-slm-gateway-router-score"]) == pytest.approx(0.5, abs=1e-4)
+    data = record(cascades, response)
+    assert data["escalated"] is escalated
+    assert [c["backend"] for c in data["calls"]] == [route]  # no small-model attempt to discard
+    assert data["extra"]["router_decision"] == ("first_tier" if route == "slm" else "last_tier")
 
 
 def test_streamed_buffer_cascade_is_well_formed(cascades: GatewayProcess) -> None:

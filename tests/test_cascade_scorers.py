@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -84,3 +85,23 @@ def test_isotonic_calibration_is_monotone_and_meets_targets() -> None:
     assert sum(n for _, _, n in bins) == 400
     with pytest.raises(ValueError):
         CalibrationTarget.parse("speed=1")
+
+
+def test_cascade_config_is_validated() -> None:
+    from pydantic import ValidationError
+
+    from policies.cascade import CascadeStrategy
+
+    tiers = [{"backend": "slm", "threshold": 0.5}, {"backend": "llm"}]
+    assert CascadeStrategy.model_validate({"type": "cascade", "tiers": tiers}).referenced_backends() == ["slm", "llm"]
+    bad: list[dict[str, Any]] = [
+        {"tiers": [{"backend": "slm"}, {"backend": "llm"}]},  # a non-final tier needs a threshold
+        {"tiers": tiers, "mode": "handoff"},  # hand-off switches on the running check: early_exit needed
+        {"tiers": tiers, "router": {"router_dir": "r", "low": 0.8, "high": 0.2}},  # empty band
+        {"tiers": [{"backend": "slm", "threshold": 0.5, "scorer": "vibes"}, {"backend": "llm"}]},
+        {"tiers": [{"backend": "slm", "threshold": 0.5, "calibration": {"x": [1, 0], "y": [0.1, 0.2]}},
+                   {"backend": "llm"}]},
+    ]
+    for extra in bad:
+        with pytest.raises(ValidationError):
+            CascadeStrategy.model_validate({"type": "cascade", **extra})

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from gateway.accounting.facts import DIMENSIONS
 from gateway.accounting.service import AccountingService
 from gateway.accounting.store import StoreUnavailableError
+from gateway.auth.api import require_admin
 from gateway.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
 
 
 def build_accounting_router(service: AccountingService) -> APIRouter:
-    router = APIRouter(tags=["accounting"])
+    router = APIRouter(tags=["accounting"], dependencies=[Depends(require_admin)])  # admin-only
 
     @router.get("/v1/gateway/usage")
     async def usage(

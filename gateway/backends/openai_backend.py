@@ -8,6 +8,7 @@ translated here into :mod:`gateway.errors`; the upstream API key never appears i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -33,6 +34,13 @@ from gateway.errors import UpstreamError, UpstreamUnavailableError
 from policies.schema import OpenAIBackend
 
 logger = logging.getLogger(__name__)
+
+
+def _encode(body: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # forwarded client fields may hold integers beyond 64 bits
+        return json.dumps(body).encode()
 
 
 def resolve_env(literal: str | None, env_name: str | None) -> str | None:
@@ -151,7 +159,7 @@ class OpenAICompatibleBackend(Backend):
         finish = "stop"
         model = self.model_name
         try:
-            async with client.stream("POST", path, content=orjson.dumps(body),
+            async with client.stream("POST", path, content=_encode(body),
                                      headers={"content-type": "application/json"}) as response:
                 if response.status_code >= 400:
                     await response.aread()
@@ -191,7 +199,7 @@ class OpenAICompatibleBackend(Backend):
         if prompt.prompt_logprobs is not None:
             body["prompt_logprobs"] = prompt.prompt_logprobs
         try:
-            response = await client.post("/completions", content=orjson.dumps(body),
+            response = await client.post("/completions", content=_encode(body),
                                          headers={"content-type": "application/json"})
         except httpx.HTTPError as exc:
             raise translate_transport(self.name, exc) from None

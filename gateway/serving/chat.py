@@ -9,6 +9,8 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from gateway.auth.enforcement import admit_request
+from gateway.auth.estimate import chat_prompt_tokens
 from gateway.backends.base import SamplingParams, TokenChunk
 from gateway.backends.sse import DONE, encode_event
 from gateway.errors import GatewayError, InvalidRequestError, UnsupportedParameterError, error_body
@@ -47,7 +49,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     state = get_state(request)
     params = sampling_params(body)
     strategy = state.runtime.strategy(body.model)
-    scope = RequestScope(state, strategy, "chat", body.stream, getattr(request.state, "key_id", None))
+    ticket = await admit_request(request, body.model, chat_prompt_tokens(body.messages), params.max_tokens)
+    scope = RequestScope(state, strategy, "chat", body.stream, getattr(request.state, "key_id", None), ticket)
     events = strategy.chat(request_view(body, request, params), scope.ctx)
     if body.stream:
         return await _stream(body, request, scope, events)

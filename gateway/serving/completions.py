@@ -14,6 +14,8 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from gateway.auth.enforcement import admit_request
+from gateway.auth.estimate import text_tokens
 from gateway.backends.base import (
     CompletionPrompt,
     GenerationDone,
@@ -64,8 +66,15 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     state = get_state(request)
     prompt, params = completion_prompt(body), completion_params(body)
     strategy = state.runtime.strategy(body.model)
-    scope = RequestScope(state, strategy, "completions", body.stream, getattr(request.state, "key_id", None))
-    events = strategy.completion(prompt, params, scope.ctx)
+    prompt_tokens = len(prompt.token_ids) if prompt.token_ids is not None else text_tokens(prompt.text or "")
+    ticket = await admit_request(request, body.model, prompt_tokens, params.max_tokens)
+    scope = RequestScope(state, strategy, "completions", body.stream, getattr(request.state, "key_id", None), ticket)
+    try:
+        events = strategy.completion(prompt, params, scope.ctx)
+    except BaseException as exc:  # a strategy without /v1/completions: release the reservation
+        scope.fail(exc)
+        await scope.finish()
+        raise
     if body.stream:
         return await _stream(body, scope, events)
     try:

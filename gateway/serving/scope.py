@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.finalize import finalize_record
 from gateway.accounting.record import RequestRecord
@@ -17,6 +17,9 @@ from gateway.errors import GatewayError, error_kind
 from gateway.protocol import new_id
 from gateway.state import GatewayState
 from routers.base import RequestContext, Strategy
+
+if TYPE_CHECKING:
+    from gateway.auth.enforcement import Ticket
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +29,11 @@ ROUTE_HEADER = "x-slm-gateway-route"
 
 class RequestScope:
     def __init__(
-        self, state: GatewayState, strategy: Strategy[Any], endpoint: str, stream: bool, key_id: str | None = None
+        self, state: GatewayState, strategy: Strategy[Any], endpoint: str, stream: bool, key_id: str | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         self.state = state
+        self.ticket = ticket  # the key's budget reservation, settled in finish()
         self.started = time.perf_counter()
         self.record = RequestRecord(
             request_id=new_id("req"), public_model=strategy.public_name, endpoint=endpoint, stream=stream,
@@ -48,6 +53,8 @@ class RequestScope:
     def headers(self) -> dict[str, str]:
         headers = {REQUEST_ID_HEADER: self.record.request_id, ROUTE_HEADER: self.record.route}
         headers.update(self.ctx.response_headers)
+        if self.ticket is not None:
+            headers.update(self.ticket.headers())
         return headers
 
     def settle(self, usage: tuple[int, int] | None) -> None:
@@ -80,6 +87,8 @@ class RequestScope:
             return
         self._finished = True
         self.settle(usage)
+        if self.ticket is not None:  # real cost replaces the reservation: errors and cut streams included
+            await self.ticket.settle(self.record)
         try:
             self.state.metrics.observe(self.record)
             await self.state.accounting.submit(self.record)

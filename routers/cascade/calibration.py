@@ -65,7 +65,9 @@ def pick_threshold(calibrated: Sequence[float], correct: Sequence[bool], target:
         kept = values >= threshold
         if kept.any() and ok[kept].mean() >= target.value:
             return float(threshold)
-    return float(values.max()) + 1e-9  # nothing meets it: escalate everything
+    # Nothing meets it: escalate everything. The margin survives the 6-digit rounding of the
+    # policy file, and P(correct) never exceeds 1.
+    return float(values.max()) + 1e-3
 
 
 def reliability_bins(calibrated: Sequence[float], correct: Sequence[bool], bins: int = 10
@@ -80,3 +82,22 @@ def reliability_bins(calibrated: Sequence[float], correct: Sequence[bool], bins:
         if mask.any():
             out.append((float(p[mask].mean()), float(y[mask].mean()), int(mask.sum())))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationResult:
+    calibration: Calibration
+    threshold: float  # on the calibrated scale: P(correct)
+    escalation: float  # share of the calibration set below the threshold
+    kept_accuracy: float | None  # accuracy of the answers the small model keeps
+    calibrated: list[float]
+
+
+def calibrate(raw: Sequence[float], correct: Sequence[bool], target: CalibrationTarget) -> CalibrationResult:
+    """Fit the isotonic map on (raw score, correct) pairs and pick the threshold for ``target``."""
+    calibration = fit_isotonic(raw, correct)
+    calibrated = [apply_calibration(calibration, s) for s in raw]
+    threshold = pick_threshold(calibrated, correct, target)
+    kept = [c for p, c in zip(calibrated, correct, strict=True) if p >= threshold]
+    return CalibrationResult(calibration, threshold, 1 - len(kept) / len(raw),
+                             (sum(kept) / len(kept)) if kept else None, calibrated)

@@ -19,10 +19,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from gateway.backends.base import CompletionPrompt, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
+from gateway.errors import UpstreamUnavailableError
 from policies.cascade import CascadeStrategy, CascadeTier
-from routers.base import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
+from policies.loader import PolicyError
+from routers.base import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from routers.cascade.calibration import apply_calibration
 from routers.cascade.monitor import RunningCheck
+from routers.cascade.prerouter import PreRouter, Shortcut
 from routers.cascade.scorers import SCORERS
 from routers.registry import register_strategy
 
@@ -40,7 +43,20 @@ def client_chunk(event: TokenChunk, params: SamplingParams) -> TokenChunk:
 
 @register_strategy("cascade")
 class Cascade(Strategy[CascadeStrategy]):
+    def __init__(self, public_name: str, config: CascadeStrategy, resources: GatewayResources) -> None:
+        super().__init__(public_name, config, resources)
+        self.prerouter = PreRouter(config.router) if config.router is not None else None
+
+    async def start(self) -> None:
+        if self.prerouter is not None:
+            try:
+                await self.prerouter.load()
+            except (ValueError, FileNotFoundError) as exc:
+                raise PolicyError(f"models.{self.public_name}", [f"router.router_dir: {exc}"]) from None
+
     def ready(self) -> bool:
+        if self.prerouter is not None and not self.prerouter.loaded:
+            return False
         return all(self.resources.backend(t.backend).ready for t in self.config.tiers)
 
     def _attempt_params(self, request: ChatRequestView, tier: CascadeTier, used_tokens: int = 0) -> SamplingParams:
@@ -64,6 +80,14 @@ class Cascade(Strategy[CascadeStrategy]):
         return None
 
     async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
+        if self.prerouter is not None:
+            if not self.prerouter.loaded:
+                raise UpstreamUnavailableError(f"model {self.public_name!r}: cascade router not loaded")
+            shortcut = await self.prerouter.decide(request, ctx)
+            if shortcut is not Shortcut.CASCADE:
+                async for event in self._direct(request, ctx, shortcut):
+                    yield event
+                return
         if self.config.mode == "handoff":
             blocker = self._handoff_blocker()
             prompt = None if blocker else await self.resources.backend(self.config.tiers[0].backend) \
@@ -77,6 +101,18 @@ class Cascade(Strategy[CascadeStrategy]):
             ctx.record.extra["handoff_fallback"] = f"buffer: {blocker}"
         async for event in self._buffer(request, ctx):
             yield event
+
+    async def _direct(
+        self, request: ChatRequestView, ctx: RequestContext, shortcut: Shortcut
+    ) -> AsyncIterator[StrategyEvent]:
+        """The router decided: one tier answers, streamed as it comes, with no confidence check."""
+        tier = self.config.tiers[0] if shortcut is Shortcut.FIRST_TIER else self.config.tiers[-1]
+        ctx.set_route(tier.backend)
+        # Sent to the large model without trying the small one: counted as escalated, so the
+        # share escalated stays "share of requests the large model answered".
+        ctx.record.escalated = shortcut is Shortcut.LAST_TIER
+        async for event in ctx.call_chat(tier.backend, request.messages, request.params):
+            yield _answer(event) if isinstance(event, GenerationDone) else event
 
     async def _buffer(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
         route: list[str] = []
@@ -117,7 +153,8 @@ class Cascade(Strategy[CascadeStrategy]):
                 return
             ctx.last_call().used = False
             if check is not None and check.failed_at is not None:
-                ctx.record.extra.setdefault("early_exit", []).append({"tier": tier.backend, "at_token": check.failed_at})
+                exits = ctx.record.extra.setdefault("early_exit", [])
+                exits.append({"tier": tier.backend, "at_token": check.failed_at})
 
     async def _handoff(
         self, request: ChatRequestView, ctx: RequestContext, prompt: str

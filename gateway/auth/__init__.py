@@ -1,0 +1,1 @@
+"""Virtual API keys, budgets and rate limits (see docs/keys-and-budgets.md)."""

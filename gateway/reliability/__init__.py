@@ -1,0 +1,1 @@
+"""Reliability machinery: per-stage timeouts, retries, circuit breakers (docs/reliability.md)."""

@@ -1,0 +1,94 @@
+"""Helpers shared by the tests/test_keys_*.py files (no tests here)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import redis
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+ADMIN_KEY = "admin-" + uuid.uuid4().hex
+
+
+def redis_listening(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def priced_policy(upstream_url: str, *, output_per_1m: float = 1000.0, input_per_1m: float = 0.0) -> dict[str, Any]:
+    """Two public models on one fake upstream: ``cheap`` and ``other`` (for allow-list tests)."""
+    backend = {"type": "openai", "base_url": f"{upstream_url}/v1", "model": "fake-model",
+               "price": {"input_per_1m": input_per_1m, "output_per_1m": output_per_1m},
+               "timeouts": {"connect": 2.0, "first_token": 10.0, "total": 30.0, "idle": 10.0}}
+    return {
+        "version": 1,
+        "backends": {"llm": backend},
+        "models": {"cheap": {"type": "static", "backend": "llm"}, "other": {"type": "static", "backend": "llm"}},
+    }
+
+
+def admin_headers() -> dict[str, str]:
+    return {"authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def create_key(base_url: str, **spec: Any) -> dict[str, Any]:
+    response = httpx.post(f"{base_url}/v1/gateway/keys", json={"name": "test", **spec}, headers=admin_headers(),
+                          timeout=10)
+    assert response.status_code == 200, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def key_info(base_url: str, key_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{base_url}/v1/gateway/keys/{key_id}", headers=admin_headers(), timeout=10)
+    assert response.status_code == 200, response.text
+    info: dict[str, Any] = response.json()
+    return info
+
+
+def delete_redis_key(key_id: str, prefix: str = "slmgw:") -> None:
+    """Remove one key's data from Redis (the e2e gateways use the default prefix)."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        digest = str(client.hget(f"{prefix}key:{key_id}", "hash") or "")
+        names = list(client.scan_iter(match=f"{prefix}key:{key_id}*"))
+        if digest:
+            names.append(f"{prefix}keyhash:{digest}")
+        if names:
+            client.delete(*names)
+        client.srem(f"{prefix}keys", key_id)
+    finally:
+        client.close()
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Serve an ASGI app on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
