@@ -123,10 +123,11 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
     large_acc, acc = result["large_accuracy"], result["accuracy"]
     share = f"{acc / large_acc:.1%}" if large_acc else "n/a"
     lines = [
-        "## Cascade: Qwen2.5-Coder 0.5B (in-process) -> 1.5B (second gateway over HTTP), MMLU dev",
+        f"## Cascade: {args.small_name} (in-process) -> {args.large_name} (second gateway over HTTP), MMLU dev",
         "",
         f"`{COMMAND} --calib {args.calib} --eval {args.eval} --ttft {args.ttft} --scorer {args.scorer} "
-        f"--target {args.target}` — {machine_line()}, 2 cores shared with other jobs; took {elapsed / 60:.0f} min.",
+        f"--target {args.target} --concurrency {args.concurrency}` — {machine_line()}, 2 cores shared with "
+        f"other jobs; took {elapsed / 60:.0f} min.",
         "",
         f"Calibration on {calib['n']} questions (disjoint from evaluation): small accuracy "
         f"{calib['small_accuracy']:.3f}; `{args.scorer}` threshold P(correct) ≥ {calib['threshold']:.3f} "
@@ -137,9 +138,9 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
         "",
         "| | accuracy | share escalated | LLM cost (USD) | mean latency (s) |",
         "|---|---|---|---|---|",
-        f"| small alone (0.5B) | {result['small_accuracy']:.3f} | 0 | 0 "
+        f"| small alone | {result['small_accuracy']:.3f} | 0 | 0 "
         f"| {fmt(result['small_latency_s']['mean'], 2)} |",
-        f"| large alone (1.5B) | {large_acc:.3f} | 1 | {result['large_alone_cost_usd']:.5f} "
+        f"| large alone | {large_acc:.3f} | 1 | {result['large_alone_cost_usd']:.5f} "
         f"| {fmt(result['large_latency_s']['mean'], 2)} |",
         f"| cascade (buffer) | {acc:.3f} | {result['escalation_rate']:.3f} | {result['cost_usd']:.5f} "
         f"| {fmt(result['latency_s']['mean'], 2)} |",
@@ -164,6 +165,7 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
 async def main_async(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     small_path, large_path = (args.small, args.large) if args.small and args.large else qwen_pair()
+    args.small_name, args.large_name = Path(small_path).name, Path(large_path).name
     items = load_labelled(MMLU, args.calib + args.eval, seed=args.seed)
     calib_items, eval_items = items[:args.calib], items[args.calib:]
     workdir = Path(tempfile.mkdtemp(prefix="bench-cascade-"))

@@ -56,7 +56,7 @@ async def serve_phase(max_tokens: int) -> dict[str, float]:
     backend = LocalModelBackend("slm", LocalBackend(type="local", default_max_tokens=max_tokens))
     started = time.perf_counter()
     # Library imports are a once-per-process cost, reported apart from loading the weights.
-    import transformers.models.auto.modeling_auto  # noqa: F401
+    import transformers.models.auto.modeling_auto
     import transformers.models.auto.tokenization_auto  # noqa: F401
 
     imports_s = time.perf_counter() - started

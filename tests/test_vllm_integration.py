@@ -307,8 +307,6 @@ def test_prompt_logprobs_contract_matches_our_completions(vllm_server: VLLMServe
         assert math.isclose(x, y, abs_tol=LOGPROB_TOL)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/backends/openai_backend.py rebuilds prompt scores from the legacy "
-                   "logprobs block: vLLM's token ids, ranks and echoed prompt text are lost (docs/vllm.md, #1-2)")
 def test_gateway_relays_vllm_prompt_logprobs(vllm_server: VLLMServer, vllm_gateway: GatewayProcess,
                                              tokenizer: Any) -> None:
     """The gateway as a verifier whose scores come from vLLM: the vLLM dictionaries must survive."""

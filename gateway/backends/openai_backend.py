@@ -28,6 +28,7 @@ from gateway.backends.base import (
     TokenLogprob,
     TopLogprob,
 )
+from gateway.backends.prompt_scores import split_echo
 from gateway.backends.sse import decode_events
 from gateway.backends.upstream_errors import translate_status, translate_transport
 from gateway.errors import UpstreamError, UpstreamUnavailableError
@@ -209,17 +210,15 @@ class OpenAICompatibleBackend(Backend):
         choice = data["choices"][0]
         usage = data.get("usage") or {}
         n_prompt = int(usage.get("prompt_tokens") or 0)
-        entries = _legacy_logprobs(choice.get("logprobs"))
-        prompt_part, answer_part = entries[:n_prompt], entries[n_prompt:]
-        offsets = (choice.get("logprobs") or {}).get("text_offset") or []
-        cut = offsets[n_prompt] if len(offsets) > n_prompt else len(choice.get("text", ""))
-        text = str(choice.get("text", ""))[cut:]
-        if text or answer_part:
-            yield TokenChunk(text=text, logprobs=tuple(e for e in answer_part if e is not None))
+        split = split_echo(choice, n_prompt, prompt.token_ids)
+        if split.answer_text or split.answer_logprobs:
+            yield TokenChunk(text=split.answer_text, logprobs=split.answer_logprobs)
         yield GenerationDone(
             finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
             prompt_tokens=n_prompt, completion_tokens=int(usage.get("completion_tokens") or 0),
-            model=str(data.get("model") or self.model_name), prompt_logprobs=tuple(prompt_part),
+            model=str(data.get("model") or self.model_name), prompt_logprobs=split.prompt_logprobs,
+            prompt_token_ids=tuple(prompt.token_ids) if prompt.token_ids is not None else None,
+            prompt_text=split.prompt_text, prompt_token_strs=split.prompt_token_strs,
         )
 
 

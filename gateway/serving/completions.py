@@ -138,16 +138,23 @@ def _legacy_logprobs(
         for token, item in zip(strs, done.prompt_logprobs, strict=False):
             tokens.append(token)
             values.append(item.logprob if item else None)
-            tops.append({t.token: t.logprob for t in item.top} if item else None)
+            tops.append(_top_dict(item) if item else None)
     for item in generated:
         tokens.append(item.token)
         values.append(item.logprob)
-        tops.append({t.token: t.logprob for t in item.top})
+        tops.append(_top_dict(item))
     offsets, position = [], 0
     for token in tokens:
         offsets.append(position)
         position += len(token)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops, "text_offset": offsets}
+
+
+def _top_dict(item: TokenLogprob) -> dict[str, float]:
+    """The top-K alternatives plus the chosen token itself (OpenAI: "up to logprobs+1")."""
+    top = {t.token: t.logprob for t in item.top}
+    top.setdefault(item.token, item.logprob)
+    return top
 
 
 def _vllm_prompt_logprobs(done: GenerationDone) -> list[dict[str, Any] | None]:
