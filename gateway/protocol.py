@@ -101,6 +101,13 @@ class CompletionRequest(BaseModel):
     prompt_logprobs: int | None = Field(None, ge=0, le=20)
     user: str | None = None
 
+    @field_validator("prompt")
+    @classmethod
+    def _token_ids_in_range(cls, value: str | list[int] | list[str]) -> str | list[int] | list[str]:
+        if isinstance(value, list) and any(isinstance(t, int) and not 0 <= t < 2**31 for t in value):
+            raise ValueError("prompt token ids must be integers in [0, 2^31)")
+        return value
+
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
             return ()
@@ -119,6 +126,12 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+# Every error status the gateway may answer with, for the OpenAPI document of each route.
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
+}
 
 
 class ModelCard(BaseModel):

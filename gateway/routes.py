@@ -6,11 +6,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from gateway.protocol import (
+    ERROR_RESPONSES,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
-    ErrorResponse,
     ModelList,
     now,
 )
@@ -18,21 +18,21 @@ from gateway.serving.chat import create_chat_completion
 from gateway.serving.completions import create_completion
 from gateway.state import get_state
 
-ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 403, 404, 413, 429, 500, 502, 503, 504)
-}
+ERRORS = ERROR_RESPONSES
+# With "stream": true the same 200 is a server-sent-event stream of chunks ending in [DONE].
+SSE_CONTENT: dict[str, object] = {"text/event-stream": {"schema": {}}}
 
 
 def build_router() -> APIRouter:
     router = APIRouter()
 
     @router.post("/v1/chat/completions", response_model=None,
-                 responses={200: {"model": ChatCompletionResponse}, **ERRORS})
+                 responses={200: {"model": ChatCompletionResponse, "content": SSE_CONTENT}, **ERRORS})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         return await create_chat_completion(body, request)
 
     @router.post("/v1/completions", response_model=None,
-                 responses={200: {"model": CompletionResponse}, **ERRORS})
+                 responses={200: {"model": CompletionResponse, "content": SSE_CONTENT}, **ERRORS})
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(body, request)
 

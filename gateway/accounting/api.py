@@ -15,10 +15,12 @@ from gateway.accounting.service import AccountingService
 from gateway.accounting.store import StoreUnavailableError
 from gateway.auth.api import require_admin
 from gateway.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
+from gateway.protocol import ERROR_RESPONSES
 
 
 def build_accounting_router(service: AccountingService) -> APIRouter:
-    router = APIRouter(tags=["accounting"], dependencies=[Depends(require_admin)])  # admin-only
+    # Admin-only (gateway.auth.api.require_admin).
+    router = APIRouter(tags=["accounting"], dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 
     @router.get("/v1/gateway/usage")
     async def usage(

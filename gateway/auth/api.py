@@ -16,6 +16,7 @@ from gateway.auth.enforcement import KEY_STORE, bearer_token, is_admin_key, prin
 from gateway.auth.keys import KeySpec, parse_expiry
 from gateway.auth.store import KeyStore
 from gateway.errors import AuthenticationError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.protocol import ERROR_RESPONSES
 from gateway.state import get_state
 
 
@@ -38,9 +39,10 @@ class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    budget_usd: float | None = Field(None, ge=0)
-    rpm: int | None = Field(None, ge=1)
-    tpm: int | None = Field(None, ge=1)
+    # Bounded so spend in nano-dollars stays within a signed 64-bit counter (Redis, SQLite).
+    budget_usd: float | None = Field(None, ge=0, le=1e9)
+    rpm: int | None = Field(None, ge=1, le=10**9)
+    tpm: int | None = Field(None, ge=1, le=10**12)
     models: list[str] = Field(default_factory=list)
     tags: list[str] = Field(default_factory=list)
     expires: str | None = Field(None, description="2026-12-31, an ISO time, or a span: 12h, 30d, 2w")
@@ -52,7 +54,7 @@ def key_store(request: Request) -> KeyStore:
 
 
 def build_keys_router() -> APIRouter:
-    router = APIRouter(tags=["keys"], dependencies=[Depends(require_admin)])
+    router = APIRouter(tags=["keys"], dependencies=[Depends(require_admin)], responses=ERROR_RESPONSES)
 
     @router.post("/v1/gateway/keys")
     async def create_key(body: CreateKey, request: Request) -> dict[str, Any]:

@@ -157,6 +157,7 @@ class OpenAICompatibleBackend(Backend):
     async def _stream(self, path: str, body: dict[str, Any], *, chat: bool) -> AsyncIterator[GenerationEvent]:
         client = self._require_client()
         prompt_tokens = completion_tokens = chunks = 0
+        extra_usage: dict[str, Any] = {}
         finish = "stop"
         model = self.model_name
         try:
@@ -174,6 +175,10 @@ class OpenAICompatibleBackend(Backend):
                     if usage:
                         prompt_tokens = int(usage.get("prompt_tokens") or 0)
                         completion_tokens = int(usage.get("completion_tokens") or 0)
+                        # e.g. accepted/rejected prediction tokens (OpenAI Predicted Outputs)
+                        details = usage.get("completion_tokens_details")
+                        if isinstance(details, dict):
+                            extra_usage["completion_tokens_details"] = details
                     for choice in payload.get("choices") or []:
                         chunk = _chat_chunk(choice) if chat else _completion_chunk(choice)
                         if chunk.text or chunk.logprobs:
@@ -186,6 +191,7 @@ class OpenAICompatibleBackend(Backend):
         yield GenerationDone(
             finish_reason="length" if finish == "length" else "stop",
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens or chunks, model=model,
+            extra_usage=extra_usage,
         )
 
     async def _completion_with_prompt_scores(
