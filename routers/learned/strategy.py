@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gateway.backends.base import GenerationDone
 from gateway.errors import UpstreamUnavailableError
 from policies.loader import PolicyError
 from policies.strategies import LearnedStrategy, split_target
 from routers.base import (
-    AnswerDone,
     ChatRequestView,
     GatewayResources,
     RequestContext,
@@ -28,15 +25,10 @@ from routers.base import (
 )
 from routers.learned.router import LearnedRouter
 from routers.registry import register_strategy
+from routers.targets import Target, answer_from, resolve_target, target_ready
 
 SCORE_HEADER = "x-slm-gateway-router-score"
 ROUTE_HEADER = "x-slm-gateway-router-target"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    kind: Literal["backend", "model"]
-    name: str
 
 
 def routing_text(request: ChatRequestView, embed: Literal["last_user", "conversation"]) -> str:
@@ -71,15 +63,13 @@ class Learned(Strategy[LearnedStrategy]):
             raise PolicyError(f"models.{self.public_name}", problems)
 
     def _resolve(self, raw: str, problems: list[str]) -> Target:
-        kind, name = split_target(raw)
-        if kind in (None, "backend") and name in self.resources.backends:
-            return Target("backend", name)
-        if kind in (None, "model") and name in self.resources.strategies:
-            if name == self.public_name:
-                problems.append(f"target {raw!r} delegates back to {self.public_name!r}")
-            return Target("model", name)
-        problems.append(f"target {raw!r} is neither a backend nor a model of this policy")
-        return Target("backend", name)
+        target = resolve_target(raw, self.resources)
+        if target is None:
+            problems.append(f"target {raw!r} is neither a backend nor a model of this policy")
+            return Target("backend", split_target(raw)[1])
+        if target.kind == "model" and target.name == self.public_name:
+            problems.append(f"target {raw!r} delegates back to {self.public_name!r}")
+        return target
 
     @property
     def threshold(self) -> float:
@@ -93,9 +83,7 @@ class Learned(Strategy[LearnedStrategy]):
         return all(self._target_ready(t) for t in (self.weak_target, self.strong_target))
 
     def _target_ready(self, target: Target) -> bool:
-        if target.kind == "backend":
-            return self.resources.backend(target.name).ready
-        return self.resources.strategies[target.name].ready()
+        return target_ready(target, self.resources)
 
     async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
         router = self.router
@@ -108,17 +96,5 @@ class Learned(Strategy[LearnedStrategy]):
         ctx.record.extra["router_threshold"] = threshold
         ctx.response_headers[SCORE_HEADER] = f"{score:.4f}"
         ctx.response_headers[ROUTE_HEADER] = "strong" if target is self.strong_target else "weak"
-        if target.kind == "model":
-            ctx.set_route(target.name)  # the delegate may refine it with its own route
-            async for event in self.resources.strategies[target.name].chat(request, ctx):
-                yield event
-            return
-        ctx.set_route(target.name)
-        async for generated in ctx.call_chat(target.name, request.messages, request.params):
-            if isinstance(generated, GenerationDone):
-                yield AnswerDone(
-                    generated.finish_reason, generated.prompt_tokens, generated.completion_tokens,
-                    generated.model,
-                )
-            else:
-                yield generated
+        async for event in answer_from(target, request, ctx, self.resources):
+            yield event

@@ -11,15 +11,13 @@ fired and the action taken — never the matched text.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-from gateway.backends.base import GenerationDone, TokenChunk, TokenLogprob
+from gateway.backends.base import TokenChunk, TokenLogprob
 from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
 from policies.loader import PolicyError
-from policies.strategies import RulesStrategy, split_target
+from policies.strategies import RulesStrategy
 from routers.base import (
-    AnswerDone,
     ChatRequestView,
     GatewayResources,
     RequestContext,
@@ -30,16 +28,11 @@ from routers.privacy.guard import PrivacyFinding, inspect_request, redact_reques
 from routers.privacy.redaction import Redactor, StreamRestorer
 from routers.registry import register_strategy
 from routers.rules.conditions import CompiledRule, RequestFacts, estimate_tokens
+from routers.targets import Target, answer_from, resolve_target
 
 RULE_HEADER = "x-slm-gateway-rule"
 PRIVACY_HEADER = "x-slm-gateway-privacy"
 DEFAULT_RULE = "default"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    kind: Literal["backend", "model"]
-    name: str
 
 
 @register_strategy("rules")
@@ -71,16 +64,10 @@ class Rules(Strategy[RulesStrategy]):
             raise PolicyError(f"models.{self.public_name}", problems)
 
     def resolve(self, raw: str) -> Target:
-        target = self._targets.get(raw)
+        target = self._targets.get(raw) or resolve_target(raw, self.resources)
         if target is None:
-            kind, name = split_target(raw)
-            if kind in (None, "backend") and name in self.resources.backends:
-                target = Target("backend", name)
-            elif kind in (None, "model") and name in self.resources.strategies:
-                target = Target("model", name)
-            else:
-                raise KeyError(f"target {raw!r} is neither a backend nor a model of this policy")
-            self._targets[raw] = target
+            raise KeyError(f"target {raw!r} is neither a backend nor a model of this policy")
+        self._targets[raw] = target
         return target
 
     def resolved_targets(self) -> list[Target]:
@@ -229,17 +216,8 @@ class Rules(Strategy[RulesStrategy]):
     async def _dispatch(
         self, target: Target, request: ChatRequestView, ctx: RequestContext
     ) -> AsyncIterator[StrategyEvent]:
-        if target.kind == "model":
-            async for event in self.resources.strategies[target.name].chat(request, ctx):
-                yield event
-            return
-        ctx.set_route(target.name)
-        async for generated in ctx.call_chat(target.name, request.messages, request.params):
-            if isinstance(generated, GenerationDone):
-                yield AnswerDone(generated.finish_reason, generated.prompt_tokens,
-                                 generated.completion_tokens, generated.model)
-            else:
-                yield generated
+        async for event in answer_from(target, request, ctx, self.resources):
+            yield event
 
 
 async def _restore_stream(
