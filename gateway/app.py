@@ -7,6 +7,7 @@ Nothing is created at import time; everything a process holds lives on ``app.sta
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -78,6 +79,11 @@ def build_app(
         _install_accounting_routes(app, sink)
         if handle_signals:
             _install_sighup(state)
+        # Everything built so far (torch, transformers, the policy, model weights' wrappers) lives
+        # as long as the process: move it out of the collector's generations so a full
+        # collection under load walks only what requests allocate (it took ~100 ms before).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

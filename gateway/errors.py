@@ -14,7 +14,7 @@ Hierarchy::
         ├── UpstreamUnavailableError  503 unconfigured, down, circuit open, not ready
         └── UpstreamTimeoutError      504
 
-Lower-layer errors (httpx, openai, redis, torch) are translated into these at the boundary
+Lower-layer errors (aiohttp, httpx, redis, torch) are translated into these at the boundary
 where they happen; :func:`error_body` is the only place that builds the envelope.
 """
 

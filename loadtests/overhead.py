@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from loadtests import litellm_proxy
-from loadtests.overhead_report import console_table, markdown_section, max_rps, write_png
+from loadtests.overhead_report import console_table, markdown_section, max_rps, verdict, write_png
 from loadtests.processes import ServerProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(console_table(clean))
         print("max req/s:", {k: round(v) for k, v in max_rps(clean).items()})
+        print("\n".join(verdict(clean)))
     if not args.no_write:
         from loadtests.bench_report import machine_line, write_section
 

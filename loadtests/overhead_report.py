@@ -122,6 +122,23 @@ def write_png(results: Results, path: Path) -> None:
     plt.close(fig)
 
 
+def verdict(results: Results) -> list[str]:
+    """The issue's targets checked against this run: added latency at 100 clients, throughput ratio."""
+    lines = []
+    gateway = phases(results, "gateway")
+    if 100 in gateway and "added_p50_ms" in gateway[100]:
+        added = gateway[100]
+        for key, limit in (("p50", 1.0), ("p99", 5.0)):
+            value = added[f"added_{key}_ms"]
+            lines.append(f"added {key} at 100 clients {value:.1f} ms (target ≤ {limit:g} ms): "
+                         f"{'met' if value <= limit else 'NOT met'}")
+    peaks = max_rps(results)
+    if "gateway" in peaks and "litellm" in peaks:
+        ratio = peaks["gateway"] / peaks["litellm"]
+        lines.append(f"max req/s gateway / LiteLLM = {ratio:.1f}x (target ≥ 5x): {'met' if ratio >= 5 else 'NOT met'}")
+    return lines
+
+
 def markdown_section(
     results: Results, *, command: str, machine: str, meta: dict[str, Any], png_name: str | None
 ) -> str:
@@ -145,6 +162,8 @@ def markdown_section(
         markdown_table(results),
         "",
         f"Max sustained throughput (req/s, best phase): {peak}.",
+        "",
+        *[f"- {line}" for line in verdict(results)],
         "",
         "Caveat: measured on a small machine shared with other jobs; the load generator, the fake, and the "
         "proxy compete for the same cores, so absolute figures are noisy and throughput is capped by the "

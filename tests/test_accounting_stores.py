@@ -136,10 +136,22 @@ async def test_writes_are_idempotent_by_request_id(store: RecordStore) -> None:
     assert await store.write_batch(records) == 5
     assert await store.write_batch(records) == 0
     assert await store.write_batch([*records[:2], record_to_dict(make_record("slm", cost_usd=0.5))]) == 1
+    twin = record_to_dict(make_record("slm", cost_usd=0.5))
+    assert await store.write_batch([twin, twin]) == 1  # a duplicate inside one batch counts once
     first, last = now_minutes()
     totals = (await store.totals(first, last, "route"))["slm"]
-    assert totals.requests == 6
-    assert totals.cost_usd == pytest.approx(3.0)
+    assert totals.requests == 7
+    assert totals.cost_usd == pytest.approx(3.5)
+
+
+async def test_a_batch_larger_than_one_statement_is_written_whole(store: RecordStore) -> None:
+    # 3,000 records make 12,000 fact rows: more bound values than one SQLite statement takes.
+    records = [record_to_dict(make_record("slm", cost_usd=0.25)) for _ in range(3000)]
+    assert await store.write_batch(records) == 3000
+    first, last = now_minutes()
+    totals = (await store.totals(first, last, "backend"))
+    assert sum(item.requests for item in totals.values()) == 3000
+    assert (await store.totals(first, last, "route"))["slm"].cost_usd == pytest.approx(750.0)
 
 
 async def test_get_record_round_trip(store: RecordStore) -> None:

@@ -100,3 +100,19 @@ def test_overhead_benchmark_smoke() -> None:
         assert 0 < figures["p50_ms"] <= figures["p99_ms"]
     assert "added_p50_ms" in report["gateway"]["2"]
     assert "litellm" not in report
+
+
+def test_overhead_verdict_checks_the_targets() -> None:
+    from loadtests.overhead_report import verdict
+
+    def phase(p50: float, p99: float, rps: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p95_ms": p99, "p99_ms": p99, "rps": rps, "added_p50_ms": p50, "added_p99_ms": p99}
+
+    fast = {"gateway": {"100": phase(0.8, 4.0, 1000)}, "litellm": {"100": phase(9, 20, 150)}}
+    slow = {"gateway": {"100": phase(70, 190, 700)}, "litellm": {"100": phase(9, 20, 150)}}
+    assert verdict(fast) == [
+        "added p50 at 100 clients 0.8 ms (target ≤ 1 ms): met",
+        "added p99 at 100 clients 4.0 ms (target ≤ 5 ms): met",
+        "max req/s gateway / LiteLLM = 6.7x (target ≥ 5x): met",
+    ]
+    assert [line.endswith("NOT met") for line in verdict(slow)] == [True, True, True]

@@ -108,22 +108,32 @@ json_objects = st.dictionaries(
 )
 
 
-async def _lines(data: bytes) -> AsyncIterator[str]:
-    for line in data.decode().split("\n"):
-        yield line
+async def _chunks(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
+    """``data`` cut at arbitrary offsets, as a network delivers it."""
+    start = 0
+    for cut in [*sorted({c % (len(data) + 1) for c in cuts}), len(data)]:
+        if cut > start:
+            yield data[start:cut]
+            start = cut
 
 
-async def _decode(data: bytes) -> list[dict[str, Any]]:
-    return [payload async for payload in decode_events(_lines(data))]
+async def _decode(data: bytes, cuts: list[int]) -> list[dict[str, Any]]:
+    return [payload async for payload in decode_events(_chunks(data, cuts))]
 
 
 @FAST
-@given(st.lists(json_objects, max_size=5), st.booleans())
-def test_sse_encode_decode_round_trip(payloads: list[dict[str, Any]], with_comment: bool) -> None:
+@given(st.lists(json_objects, max_size=5), st.booleans(), st.lists(st.integers(min_value=0), max_size=12),
+       st.booleans())
+def test_sse_encode_decode_round_trip(
+    payloads: list[dict[str, Any]], with_comment: bool, cuts: list[int], crlf: bool
+) -> None:
     stream = b"".join(encode_event(p) for p in payloads)
     if with_comment:
         stream = b": keep-alive\n\n" + stream
-    decoded = asyncio.run(_decode(stream + DONE + encode_event({"after": "done"})))
+    stream += DONE + encode_event({"after": "done"})
+    if crlf:  # servers may end SSE lines with CRLF
+        stream = stream.replace(b"\n", b"\r\n")
+    decoded = asyncio.run(_decode(stream, cuts))
     assert decoded == payloads  # nothing after [DONE] is read
 
 

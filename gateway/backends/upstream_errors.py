@@ -2,12 +2,17 @@
 
 The upstream's own message is passed on only for 400 (it concerns the client's request);
 other statuses get a fixed message, so nothing an upstream says about credentials or its
-internals reaches the client.
+internals reaches the client. Transport failures arrive as aiohttp exceptions (the
+``openai`` backend's client); nothing above this module sees an aiohttp type.
 """
 
 from __future__ import annotations
 
-import httpx
+import asyncio
+from collections.abc import Mapping
+
+import aiohttp
+import orjson
 
 from gateway.errors import (
     GatewayError,
@@ -19,28 +24,32 @@ from gateway.errors import (
 )
 
 
-def _upstream_message(response: httpx.Response) -> str:
+def _upstream_message(body: bytes) -> str:
     try:
-        error = response.json().get("error")
-        if isinstance(error, dict):
-            return str(error.get("message", ""))[:500]
-    except ValueError:
-        pass
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return ""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message", ""))[:500]
     return ""
 
 
-def translate_status(backend: str, response: httpx.Response) -> GatewayError:
-    status = response.status_code
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def translate_status(backend: str, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
+    """The gateway error for an upstream's HTTP error ``status`` (≥ 400)."""
     if status == 400 or status == 422:
-        detail = _upstream_message(response) or "the upstream rejected the request"
+        detail = _upstream_message(body) or "the upstream rejected the request"
         return InvalidRequestError(f"upstream {backend!r}: {detail}", code="upstream_bad_request")
     if status == 429:
-        retry = response.headers.get("retry-after")
-        try:
-            seconds = float(retry) if retry else None
-        except ValueError:
-            seconds = None
-        return RateLimitError(f"upstream {backend!r} is rate limiting", retry_after_s=seconds,
+        return RateLimitError(f"upstream {backend!r} is rate limiting", retry_after_s=_retry_after(headers),
                               code="upstream_rate_limited")
     if status in (401, 403):
         return UpstreamError(f"upstream {backend!r} rejected the gateway's credentials", backend=backend,
@@ -55,10 +64,15 @@ def translate_status(backend: str, response: httpx.Response) -> GatewayError:
                          upstream_status=status)
 
 
-def translate_transport(backend: str, exc: httpx.HTTPError) -> GatewayError:
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-        return UpstreamTimeoutError(f"upstream {backend!r} timed out", backend=backend)
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+"""What the ``openai`` backend catches around a call and hands to :func:`translate_transport`."""
+
+
+def translate_transport(backend: str, exc: aiohttp.ClientError | asyncio.TimeoutError) -> GatewayError:
+    # Connecting (including waiting for a pooled connection) failed: nothing reached the upstream.
+    if isinstance(exc, aiohttp.ConnectionTimeoutError | aiohttp.ClientConnectorError):
         return UpstreamUnavailableError(f"upstream {backend!r} is unreachable", backend=backend,
                                         code="upstream_unreachable")
+    if isinstance(exc, asyncio.TimeoutError):  # includes aiohttp's read timeouts
+        return UpstreamTimeoutError(f"upstream {backend!r} timed out", backend=backend)
     return UpstreamError(f"upstream {backend!r} connection failed ({type(exc).__name__})", backend=backend)
