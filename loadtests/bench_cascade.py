@@ -96,22 +96,33 @@ async def start_runtime(policy: dict[str, Any], workdir: Path, reuse: PolicyRunt
 class TtftResult:
     small: list[float]
     handoff: list[float]
-    handed_off: int
+    handed: list[bool]  # per question: did the hand-off cascade pass it to the large model
     handoff_accuracy: float
+
+    def kept_ratio(self) -> float | None:
+        """Mean TTFT ratio over the questions the small model kept (no hand-off)."""
+        pairs = [(s, h) for s, h, e in zip(self.small, self.handoff, self.handed, strict=True) if not e]
+        return float(np.mean([h for _, h in pairs]) / np.mean([s for s, _ in pairs])) if pairs else None
 
 
 async def measure_ttft(runtime: PolicyRuntime, items: list[Any]) -> TtftResult:
     """One request at a time, so TTFT is the model's, not a queue's."""
-    small, handoff, handed, correct = [], [], 0, 0
+    small, handoff, handed, correct = [], [], [], 0
     for item in items:
         alone = await ask_backend(runtime.backends["slm"], item)
         cascaded = await ask_cascade(runtime, "handoff", item, stream=True)
         if alone.ttft_s is not None and cascaded.ttft_s is not None:
             small.append(alone.ttft_s)
             handoff.append(cascaded.ttft_s)
-        handed += cascaded.escalated
+            handed.append(cascaded.escalated)
         correct += cascaded.correct
     return TtftResult(small, handoff, handed, correct / max(1, len(items)))
+
+
+def best_scorer(auroc: dict[str, float | None]) -> str:
+    """The scorer that best separates right from wrong small answers on the calibration set."""
+    ranked = [(value, name) for name, value in auroc.items() if value is not None]
+    return max(ranked)[1] if ranked else "first_token_margin"
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -125,12 +136,14 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
     lines = [
         f"## Cascade: {args.small_name} (in-process) -> {args.large_name} (second gateway over HTTP), MMLU dev",
         "",
-        f"`{COMMAND} --calib {args.calib} --eval {args.eval} --ttft {args.ttft} --scorer {args.scorer} "
-        f"--target {args.target} --concurrency {args.concurrency}` — {machine_line()}, 2 cores shared with "
-        f"other jobs; took {elapsed / 60:.0f} min.",
+        f"`{COMMAND} --calib {args.calib} --eval {args.eval} --ttft {args.ttft} --scorer {args.requested_scorer} "
+        f"--target {args.target} --concurrency {args.concurrency}` — {machine_line()}; load average at start / "
+        f"end {args.load_at_start:.1f} / {os.getloadavg()[0]:.1f}; took {elapsed / 60:.0f} min.",
         "",
         f"Calibration on {calib['n']} questions (disjoint from evaluation): small accuracy "
-        f"{calib['small_accuracy']:.3f}; `{args.scorer}` threshold P(correct) ≥ {calib['threshold']:.3f} "
+        f"{calib['small_accuracy']:.3f}; scorer `{args.scorer}`"
+        f"{' (highest AUROC there)' if args.requested_scorer == 'best' else ''}, isotonic-calibrated; threshold "
+        f"P(correct) ≥ {calib['threshold']:.3f} "
         f"escalated {calib['escalation']:.1%} there. Scorer AUROC (right vs wrong small answers): "
         + ", ".join(f"{k} {fmt(v)}" for k, v in calib["auroc"].items()) + ".",
         "",
@@ -156,14 +169,18 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
             "",
             f"TTFT, streamed, one request at a time, {len(ttft.small)} questions: small alone mean "
             f"{np.mean(ttft.small) * 1000:.0f} ms (p50 {np.median(ttft.small) * 1000:.0f}), `handoff` cascade mean "
-            f"{np.mean(ttft.handoff) * 1000:.0f} ms (p50 {np.median(ttft.handoff) * 1000:.0f}), ratio {ratio:.2f}; "
-            f"{ttft.handed_off} of them handed off mid-answer, accuracy {ttft.handoff_accuracy:.3f}.",
+            f"{np.mean(ttft.handoff) * 1000:.0f} ms (p50 {np.median(ttft.handoff) * 1000:.0f}), ratio {ratio:.2f} "
+            f"(p50 ratio {np.median(ttft.handoff) / np.median(ttft.small):.2f}); {sum(ttft.handed)} of them handed "
+            f"off, accuracy {ttft.handoff_accuracy:.3f}. Over the questions the small model kept, the TTFT ratio "
+            f"is {fmt(ttft.kept_ratio(), 2)}; a question handed off at its first token waits for the large "
+            "model's first token as well.",
         ]
     return "\n".join(lines)
 
 
 async def main_async(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    args.load_at_start = os.getloadavg()[0]
     small_path, large_path = (args.small, args.large) if args.small and args.large else qwen_pair()
     args.small_name, args.large_name = Path(small_path).name, Path(large_path).name
     items = load_labelled(MMLU, args.calib + args.eval, seed=args.seed)
@@ -178,12 +195,17 @@ async def main_async(args: argparse.Namespace) -> int:
                           log_path=workdir / "cloud.log", env={"SLM_GATEWAY_DATA_DIR": str(workdir / "cloud-data")},
                           cwd=REPO)
     with cloud.start(timeout=600):
-        placeholder = {"backend": "slm", "scorer": args.scorer, "threshold": 0.0}
+        args.requested_scorer = args.scorer
+        scorer = "first_token_margin" if args.scorer == "best" else args.scorer  # until calibration picks
+        placeholder = {"backend": "slm", "scorer": scorer, "threshold": 0.0}
         runtime = await start_runtime(cascade_policy(small_path, cloud.base_url, placeholder, -1e9), workdir)
         try:
             answers: list[BackendAnswer] = await gather_bounded(
                 [partial(ask_backend, runtime.backends["slm"], i) for i in calib_items], args.concurrency,
                 "calibration (small)")
+            auroc = scorer_auroc(answers)
+            if args.scorer == "best":  # chosen on calibration data only; evaluation stays held out
+                args.scorer = placeholder["scorer"] = best_scorer(auroc)
             raw = [SCORERS[args.scorer](a.logprobs) for a in answers]
             correct = [a.correct for a in answers]
             fitted = calibrate(raw, correct, CalibrationTarget.parse(args.target))
@@ -201,7 +223,7 @@ async def main_async(args: argparse.Namespace) -> int:
             await runtime.close()
             raise
     calib = {"n": len(calib_items), "small_accuracy": sum(correct) / len(correct), "threshold": fitted.threshold,
-             "escalation": fitted.escalation, "auroc": scorer_auroc(answers)}
+             "escalation": fitted.escalation, "auroc": auroc}
     markdown = report(args, calib, result, ttft, time.perf_counter() - started)
     print(markdown)
     if not args.no_write:
@@ -214,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib", type=int, default=120, help="calibration questions")
     parser.add_argument("--eval", type=int, default=120, help="evaluation questions (disjoint)")
     parser.add_argument("--ttft", type=int, default=20, help="questions for the TTFT comparison (0: skip)")
-    parser.add_argument("--scorer", default="first_token_margin", choices=sorted(SCORERS))
+    parser.add_argument("--scorer", default="best", choices=["best", *sorted(SCORERS)],
+                        help="confidence scorer; best: highest AUROC on the calibration questions")
     parser.add_argument("--target", default="escalation=0.4")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
