@@ -13,7 +13,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from policies.cascade import CascadeStrategy
 from policies.schema import Policy
+from policies.strategies import LearnedStrategy
 
 DEFAULT_POLICY_NAME = "default.yaml"
 
@@ -125,7 +127,25 @@ def load_policy(path: str | Path | None = None) -> Policy:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(str(file), [f"YAML syntax: {exc}"]) from None
-    return parse_policy(data, str(file))
+    return anchor_paths(parse_policy(data, str(file)), file.parent)
+
+
+def _anchored(path: str, base: Path) -> str:
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else base / expanded)
+
+
+def anchor_paths(policy: Policy, base: Path) -> Policy:
+    """Relative ``router_dir``s resolve against the policy file's directory, not the process's
+    working directory: the same file works from ``slm-gateway serve`` anywhere, a container, or CI."""
+    models = dict(policy.models)
+    for name, model in policy.models.items():
+        if isinstance(model, LearnedStrategy):
+            models[name] = model.model_copy(update={"router_dir": _anchored(model.router_dir, base)})
+        elif isinstance(model, CascadeStrategy) and model.router is not None:
+            router = model.router.model_copy(update={"router_dir": _anchored(model.router.router_dir, base)})
+            models[name] = model.model_copy(update={"router": router})
+    return policy.model_copy(update={"models": models})
 
 
 def check_policy(path: str | Path) -> list[str]:

@@ -12,7 +12,9 @@ import httpx
 import pytest
 import yaml
 
+from policies.cascade import CascadeStrategy
 from policies.loader import PolicyError, check_policy, load_policy, parse_policy
+from policies.strategies import LearnedStrategy
 from tests.gateway_process import REPO, GatewayProcess, smollm2_policy
 
 SHIPPED = sorted((REPO / "policies").rglob("*.yaml"))
@@ -88,3 +90,27 @@ def test_sighup_reload_accepts_valid_and_rejects_invalid(model_cache: None) -> N
         assert answer.status_code == 200
     finally:
         process.stop()
+
+
+def test_relative_router_dirs_resolve_against_the_policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    policy_dir = tmp_path / "conf"
+    policy_dir.mkdir()
+    (policy_dir / "p.yaml").write_text(yaml.safe_dump({
+        "version": 1,
+        "backends": {"slm": {"type": "local"}, "llm": {"type": "openai", "base_url": "http://x/v1", "model": "m"}},
+        "models": {
+            "auto": {"type": "learned", "router_dir": "routers/r1", "weak": "backend:slm", "strong": "backend:llm"},
+            "abs": {"type": "learned", "router_dir": str(tmp_path / "elsewhere"), "weak": "backend:slm",
+                    "strong": "backend:llm"},
+            "cascade": {"type": "cascade", "tiers": [{"backend": "slm", "threshold": 0.5}, {"backend": "llm"}],
+                        "router": {"router_dir": "../shared-router", "low": 0.2, "high": 0.8}},
+        },
+    }))
+    monkeypatch.chdir(tmp_path)  # a working directory that is not the policy's
+    policy = load_policy(policy_dir / "p.yaml")
+    auto, absolute, cascade = (policy.models[name] for name in ("auto", "abs", "cascade"))
+    assert isinstance(auto, LearnedStrategy) and isinstance(absolute, LearnedStrategy)
+    assert auto.router_dir == str(policy_dir / "routers" / "r1")
+    assert absolute.router_dir == str(tmp_path / "elsewhere")
+    assert isinstance(cascade, CascadeStrategy) and cascade.router is not None
+    assert cascade.router.router_dir == str(policy_dir / ".." / "shared-router")
