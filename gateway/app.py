@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.auth.api import build_keys_router
 from gateway.auth.lifecycle import start_keys, stop_keys
 from gateway.auth.middleware import ApiKeyAuth
+from gateway.backends.local.loader import set_torch_threads
 from gateway.error_handlers import install_error_handlers
 from gateway.middleware import BodySizeLimit
 from gateway.routes import build_router
@@ -70,6 +71,8 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads is not None:
+            set_torch_threads(settings.torch_threads)
         runtime = await PolicyRuntime.start(policy)
         sink = accounting or _default_accounting(settings, policy.gateway.record_stream_maxlen)
         await sink.start()

@@ -196,7 +196,7 @@ def test_disabled_parts_render_nothing(chart: Any) -> None:
 
 
 def test_gateway_deployment_contract(chart: Any) -> None:
-    values = {"gateway": {"drainSeconds": 45, "preStopSleepSeconds": 7, "replicaCount": 3}}
+    values = {"gateway": {"drainSeconds": 45, "preStopSleepSeconds": 7, "replicaCount": 3, "torchThreads": 2}}
     deployment = only(render(chart, values), "Deployment", FULLNAME)
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
@@ -209,6 +209,7 @@ def test_gateway_deployment_contract(chart: Any) -> None:
     env = env_of(gateway)
     assert env["SLM_GATEWAY_POLICY"]["value"] == "/etc/slm-gateway/policy.yaml"
     assert env["SLM_GATEWAY_DRAIN_SECONDS"]["value"] == "45"
+    assert env["SLM_GATEWAY_TORCH_THREADS"]["value"] == "2"
     assert env["REDIS_URL"]["value"] == f"redis://{FULLNAME}-redis:6379/0"
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
@@ -223,6 +224,7 @@ def test_gateway_deployment_contract(chart: Any) -> None:
 def test_default_grace_matches_default_drain(chart: Any) -> None:
     deployment = only(render(chart, {}), "Deployment")
     assert env_of(container(deployment, "gateway"))["SLM_GATEWAY_DRAIN_SECONDS"]["value"] == "20"
+    assert "SLM_GATEWAY_TORCH_THREADS" not in env_of(container(deployment, "gateway"))  # torch's default
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 20 + 10
 
 

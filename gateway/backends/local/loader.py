@@ -127,6 +127,13 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     logger.info("converted in %.1fs", time.perf_counter() - started)
 
 
+def set_torch_threads(threads: int) -> None:
+    """Process-wide: every in-process model shares torch's intra-op thread pool."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def load_model(
     model: str, gguf_file: str | None = None, *, num_layers: int | None = None, cache_dir: Path | None = None
 ) -> tuple[Any, Any]:
