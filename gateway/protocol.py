@@ -47,25 +47,24 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
+class GenerationRequest(BaseModel):
+    """What chat and text completions share: sampling, stopping, streaming, who asks.
+
+    Unknown fields are kept (``extra="allow"``) and forwarded to the upstream, as vLLM's own
+    extensions (``top_k``, ``repetition_penalty``...) travel through.
+    """
+
     model_config = ConfigDict(extra="allow")
 
     model: str
-    messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=128)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
     user: str | None = None
-    tools: list[dict[str, Any]] | None = None
-    response_format: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -83,23 +82,22 @@ class ChatCompletionRequest(BaseModel):
         return dict(self.model_extra or {})
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    response_format: dict[str, Any] | None = None
 
-    model: str
+
+class CompletionRequest(GenerationRequest):
     prompt: str | list[int] | list[str]
-    stream: bool = False
-    stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(16, ge=0)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=128)
     echo: bool = False
     logprobs: int | None = Field(None, ge=0, le=20)
     prompt_logprobs: int | None = Field(None, ge=0, le=20)
-    user: str | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -107,14 +105,6 @@ class CompletionRequest(BaseModel):
         if isinstance(value, list) and any(isinstance(t, int) and not 0 <= t < 2**31 for t in value):
             raise ValueError("prompt token ids must be integers in [0, 2^31)")
         return value
-
-    def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(s for s in self.stop if s)
-
-    def extra_fields(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class ErrorDetail(BaseModel):

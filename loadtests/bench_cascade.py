@@ -74,7 +74,7 @@ def cascade_policy(small: str, cloud_url: str, tier: dict[str, Any], token_floor
         "version": 1,
         "gateway": {"reference_llm": "llm"},
         "backends": {
-            "slm": {"type": "local", "model": small, "served_name": "qwen-0.5b", "max_batch_size": 8,
+            "slm": {"type": "local", "model": small, "served_name": Path(small).stem, "max_batch_size": 8,
                     "timeouts": SLOW_TIMEOUTS},
             "llm": {"type": "openai", "base_url": f"{cloud_url}/v1", "model": "llm", "price": LLM_PRICE,
                     "supports_prefix_continuation": True, "timeouts": SLOW_TIMEOUTS, "retry": {"max_attempts": 1}},
@@ -125,6 +125,12 @@ def best_scorer(auroc: dict[str, float | None]) -> str:
     return max(ranked)[1] if ranked else "first_token_margin"
 
 
+def _pair_flags(args: argparse.Namespace) -> str:
+    flags = f" --small {args.small}" if args.small else ""
+    flags += f" --large {args.large}" if args.large else ""
+    return flags + (f" --section {args.section}" if args.section != "cascade" else "")
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -136,7 +142,8 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
     lines = [
         f"## Cascade: {args.small_name} (in-process) -> {args.large_name} (second gateway over HTTP), MMLU dev",
         "",
-        f"`{COMMAND} --calib {args.calib} --eval {args.eval} --ttft {args.ttft} --scorer {args.requested_scorer} "
+        f"`{COMMAND}{_pair_flags(args)} --calib {args.calib} --eval {args.eval} --ttft {args.ttft} "
+        f"--scorer {args.requested_scorer} "
         f"--target {args.target} --concurrency {args.concurrency}` — {machine_line()}; load average at start / "
         f"end {args.load_at_start:.1f} / {os.getloadavg()[0]:.1f}; took {elapsed / 60:.0f} min.",
         "",
@@ -181,7 +188,11 @@ def report(args: argparse.Namespace, calib: dict[str, Any], result: dict[str, An
 async def main_async(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     args.load_at_start = os.getloadavg()[0]
-    small_path, large_path = (args.small, args.large) if args.small and args.large else qwen_pair()
+    if args.small and args.large:
+        small_path, large_path = args.small, args.large
+    else:
+        pair = qwen_pair()
+        small_path, large_path = args.small or pair[0], args.large or pair[1]
     args.small_name, args.large_name = Path(small_path).name, Path(large_path).name
     items = load_labelled(MMLU, args.calib + args.eval, seed=args.seed)
     calib_items, eval_items = items[:args.calib], items[args.calib:]
@@ -227,7 +238,7 @@ async def main_async(args: argparse.Namespace) -> int:
     markdown = report(args, calib, result, ttft, time.perf_counter() - started)
     print(markdown)
     if not args.no_write:
-        write_section("cascade", markdown)
+        write_section(args.section, markdown)
     return 0
 
 
@@ -242,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-write", action="store_true")
-    parser.add_argument("--small", help="override the small model (default: the Qwen pair's 0.5B)")
+    parser.add_argument("--section", default="cascade",
+                        help="section of docs/benchmarks.md to write (one per model pair keeps both)")
+    parser.add_argument("--small", help="override the small model, e.g. smollm2 (default: the Qwen pair's 0.5B)")
     parser.add_argument("--large", help="override the large model (default: the Qwen pair's 1.5B)")
     args = parser.parse_args(argv)
     return asyncio.run(main_async(args))

@@ -69,6 +69,28 @@ def test_completion_generates_and_streams(client: OpenAI) -> None:
     assert streamed == answer.choices[0].text
 
 
+def test_streamed_echo_carries_the_prompt_logprobs(client: OpenAI) -> None:
+    whole = client.completions.create(model="slm", prompt=PROMPT, max_tokens=3, echo=True, logprobs=1,
+                                      temperature=0)
+    chunks = [c for c in client.completions.create(model="slm", prompt=PROMPT, max_tokens=3, echo=True, logprobs=1,
+                                                   temperature=0, stream=True) if c.choices]
+    first = chunks[0].choices[0]
+    assert first.text == PROMPT  # the echoed prompt comes first, with its scores (vLLM's shape)
+    assert first.logprobs is not None and first.logprobs.token_logprobs is not None
+    assert whole.choices[0].logprobs is not None and whole.choices[0].logprobs.token_logprobs is not None
+    n_prompt = len(first.logprobs.token_logprobs)
+    assert first.logprobs.token_logprobs[0] is None and n_prompt == (whole.usage.prompt_tokens if whole.usage else -1)
+    for got, want in zip(first.logprobs.token_logprobs[1:], whole.choices[0].logprobs.token_logprobs[1:n_prompt],
+                         strict=True):
+        assert got is not None and want is not None and math.isclose(got, want, abs_tol=1e-4)
+    assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+    generated = [v for c in chunks[1:] if c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs or []]
+    expected = whole.choices[0].logprobs.token_logprobs[n_prompt:]
+    assert len(generated) == len(expected) == 3
+    assert all(g is not None and w is not None and math.isclose(g, w, abs_tol=1e-4)
+               for g, w in zip(generated, expected, strict=True))
+
+
 def test_completion_through_http_upstream_with_echo(client: OpenAI) -> None:
     local = client.completions.create(model="slm", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)
     remote = client.completions.create(model="llm", prompt=PROMPT, max_tokens=0, echo=True, logprobs=1)

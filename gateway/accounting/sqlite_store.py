@@ -6,17 +6,14 @@ idempotent: ``INSERT OR IGNORE``, and a record's facts are only added when its r
 the same contributions the Redis store counts — with the latency and TTFT bucket indices, so
 usage is one ``GROUP BY`` and the percentiles match the Redis store's exactly.
 
-sqlite3 calls block, so they all run on one dedicated thread that owns the connection; the
-event loop only awaits them. Several gateway worker processes may share the file (WAL +
-busy timeout).
+sqlite3 calls run on the store's own thread (:mod:`gateway.sqlite_worker`); several gateway
+worker processes may share the file.
 """
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +22,7 @@ import orjson
 from gateway.accounting.buckets import bucket_of
 from gateway.accounting.facts import contributions, minute_of
 from gateway.accounting.store import GroupTotals, StoreUnavailableError
+from gateway.sqlite_worker import SQLiteWorker
 
 T = TypeVar("T")
 
@@ -63,20 +61,14 @@ _COUNTER_COLUMNS = (
 class SQLiteRecordStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="accounting-sqlite")
-        self._connection: sqlite3.Connection | None = None
+        # synchronous=NORMAL: durable at checkpoints; WAL keeps the file consistent.
+        self._db = SQLiteWorker(path, _SCHEMA, thread_name="accounting-sqlite", pragmas=("synchronous=NORMAL",))
 
     async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._call, function)
+            return await self._db.run(function)
         except sqlite3.Error as exc:
             raise StoreUnavailableError(f"sqlite failed: {exc}") from exc
-
-    def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        if self._connection is None:
-            self._connection = _connect(self.path)
-        return function(self._connection)
 
     async def open(self) -> None:
         await self._run(lambda _connection: None)
@@ -109,23 +101,7 @@ class SQLiteRecordStore:
         return await self._run(lambda connection: int(connection.execute(query).fetchone()[0]))
 
     async def close(self) -> None:
-        def close_connection(_connection: sqlite3.Connection) -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        if self._connection is not None:
-            await self._run(close_connection)
-        self._executor.shutdown(wait=True)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; WAL keeps it consistent
-    connection.executescript(_SCHEMA)
-    return connection
+        await self._db.close()
 
 
 def _write(connection: sqlite3.Connection, records: Sequence[Mapping[str, Any]]) -> int:

@@ -8,11 +8,9 @@ lock. The rules themselves are :func:`gateway.auth.limits.decide`.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +19,7 @@ import orjson
 from gateway.auth.keys import KeySpec, VirtualKey, hash_secret, new_key_id, new_pepper, new_secret, same_hash
 from gateway.auth.limits import EXPIRED, RESERVATION_TTL_S, REVOKED, UNKNOWN, WINDOW_S, Admission, decide
 from gateway.errors import UpstreamUnavailableError
+from gateway.sqlite_worker import SQLiteWorker
 
 T = TypeVar("T")
 
@@ -57,22 +56,15 @@ def _row_to_key(row: tuple[Any, ...]) -> VirtualKey:
 class SQLiteKeyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keys-sqlite")
-        self._connection: sqlite3.Connection | None = None
+        self._db = SQLiteWorker(path, _SCHEMA, thread_name="keys-sqlite")
         self._pepper: str | None = None
 
     async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, self._call, function)
+            return await self._db.run(function)
         except sqlite3.Error as exc:
             raise UpstreamUnavailableError(f"the key store (sqlite) failed: {exc}",
                                            code="key_store_unavailable") from exc
-
-    def _call(self, function: Callable[[sqlite3.Connection], T]) -> T:
-        if self._connection is None:
-            self._connection = _connect(self.path)
-        return function(self._connection)
 
     async def pepper(self) -> str:
         if self._pepper is None:
@@ -122,22 +114,7 @@ class SQLiteKeyStore:
         await self._run(lambda c: _transaction(c, lambda: _settle(c, key_id, reservation_id, cost_nano, tokens)))
 
     async def close(self) -> None:
-        def close_connection(_connection: sqlite3.Connection) -> None:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-        if self._connection is not None:
-            await self._run(close_connection)
-        self._executor.shutdown(wait=True)
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.executescript(_SCHEMA)
-    return connection
+        await self._db.close()
 
 
 def _transaction(connection: sqlite3.Connection, work: Callable[[], T]) -> T:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -12,11 +12,11 @@ from fastapi.responses import Response, StreamingResponse
 from gateway.auth.enforcement import admit_request
 from gateway.auth.estimate import chat_prompt_tokens
 from gateway.backends.base import SamplingParams, TokenChunk
-from gateway.backends.sse import DONE, encode_event
-from gateway.errors import GatewayError, InvalidRequestError, UnsupportedParameterError, error_body
+from gateway.backends.sse import encode_event
+from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.protocol import ChatCompletionRequest, chat_logprob_entry, new_id, now, usage_dict
-from gateway.serving.disconnect import ClientDisconnected, run_unless_disconnected
 from gateway.serving.scope import RequestScope
+from gateway.serving.streaming import StreamUsage, collected, first_event, terminated
 from gateway.state import get_state
 from routers.base import AnswerDone, ChatRequestView, StrategyEvent
 
@@ -54,16 +54,9 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     events = strategy.chat(request_view(body, request, params), scope.ctx)
     if body.stream:
         return await _stream(body, request, scope, events)
-    try:
-        answer = await run_unless_disconnected(request, _collect(events, scope))
-    except ClientDisconnected:
-        scope.client_gone()
-        await scope.finish()
-        return Response(status_code=499)
-    except BaseException as exc:
-        scope.fail(exc)
-        await scope.finish()
-        raise
+    answer = await collected(request, scope, _collect(events, scope))
+    if answer is None:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
     text, logprobs, done = answer
     scope.settle((done.prompt_tokens, done.completion_tokens))
     payload: dict[str, Any] = {
@@ -96,26 +89,19 @@ async def _collect(
 async def _stream(
     body: ChatCompletionRequest, request: Request, scope: RequestScope, events: AsyncIterator[StrategyEvent]
 ) -> Response:
-    # Pull the first event before answering: an error that happens before any token gets a
-    # proper HTTP status, and the route header is known by then.
-    try:
-        first = await events.__anext__()
-    except BaseException as exc:
-        scope.fail(exc)
-        await scope.finish()
-        raise
-    scope.mark_first_token()
+    first = await first_event(events, scope)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    usage = StreamUsage()
     return StreamingResponse(
-        _sse(first, events, scope, body, include_usage), media_type="text/event-stream",
-        headers=scope.headers() | {"cache-control": "no-cache"},
+        terminated(_chunks(first, events, scope, body, include_usage, usage), events, scope, usage),
+        media_type="text/event-stream", headers=scope.headers() | {"cache-control": "no-cache"},
     )
 
 
-async def _sse(
+async def _chunks(
     first: StrategyEvent, events: AsyncIterator[StrategyEvent], scope: RequestScope,
-    body: ChatCompletionRequest, include_usage: bool,
-) -> AsyncIterator[bytes]:
+    body: ChatCompletionRequest, include_usage: bool, usage: StreamUsage,
+) -> AsyncGenerator[bytes, None]:
     chunk_id, created = new_id("chatcmpl"), now()
     model = scope.record.calls[-1].model if scope.record.calls else body.model
 
@@ -125,47 +111,22 @@ async def _sse(
             "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
         })
 
-    usage: tuple[int, int] | None = None
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        event: StrategyEvent | None = first
-        while event is not None:
-            if isinstance(event, AnswerDone):
-                model = event.model
-                usage = (event.prompt_tokens, event.completion_tokens)
-                yield chunk({}, event.finish_reason)
-                if include_usage:
-                    yield encode_event({
-                        "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                        "choices": [], "usage": usage_dict(*usage),
-                    })
-                break
-            yield _content_chunk(chunk, event, body.logprobs)
-            event = await events.__anext__()
-        yield DONE
-    except GatewayError as exc:
-        scope.fail(exc)
-        yield encode_event(error_body(exc))
-        yield DONE
-    except Exception as exc:
-        scope.fail(exc)
-        yield encode_event(error_body(GatewayError("internal error while streaming")))
-        yield DONE
-    except BaseException:  # client disconnected: Starlette cancels us
-        scope.client_gone()
-        raise
-    finally:
-        await _close(events)
-        await scope.finish(usage)
+    yield chunk({"role": "assistant", "content": ""})
+    event: StrategyEvent = first
+    while not isinstance(event, AnswerDone):
+        yield _content_chunk(chunk, event, body.logprobs)
+        event = await events.__anext__()
+    model = event.model
+    usage.tokens = (event.prompt_tokens, event.completion_tokens)
+    yield chunk({}, event.finish_reason)
+    if include_usage:
+        yield encode_event({
+            "id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [], "usage": usage_dict(*usage.tokens),
+        })
 
 
 def _content_chunk(chunk: Any, event: TokenChunk, with_logprobs: bool) -> bytes:
     logprobs = {"content": [chat_logprob_entry(item) for item in event.logprobs]} if with_logprobs else None
     data: bytes = chunk({"content": event.text}, None, logprobs)
     return data
-
-
-async def _close(events: AsyncIterator[Any]) -> None:
-    close = getattr(events, "aclose", None)
-    if close is not None:
-        await close()

@@ -7,7 +7,7 @@ token's rank: this is what lets a gateway serve as the verifier in speculative d
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -24,11 +24,11 @@ from gateway.backends.base import (
     TokenChunk,
     TokenLogprob,
 )
-from gateway.backends.sse import DONE, encode_event
-from gateway.errors import GatewayError, InvalidRequestError, UnsupportedParameterError, error_body
+from gateway.backends.sse import encode_event
+from gateway.errors import InvalidRequestError, UnsupportedParameterError
 from gateway.protocol import CompletionRequest, new_id, now, usage_dict
-from gateway.serving.disconnect import ClientDisconnected, run_unless_disconnected
 from gateway.serving.scope import RequestScope
+from gateway.serving.streaming import StreamUsage, collected, first_event, terminated
 from gateway.state import get_state
 
 
@@ -77,16 +77,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
         raise
     if body.stream:
         return await _stream(body, scope, events)
-    try:
-        chunks, done = await run_unless_disconnected(request, _collect(events, scope))
-    except ClientDisconnected:
-        scope.client_gone()
-        await scope.finish()
-        return Response(status_code=499)
-    except BaseException as exc:
-        scope.fail(exc)
-        await scope.finish()
-        raise
+    answer = await collected(request, scope, _collect(events, scope))
+    if answer is None:
+        return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+    chunks, done = answer
     text = "".join(c.text for c in chunks)
     generated = [lp for c in chunks for lp in c.logprobs]
     choice: dict[str, Any] = {
@@ -170,69 +164,51 @@ def _vllm_prompt_logprobs(done: GenerationDone) -> list[dict[str, Any] | None]:
     return out
 
 
+_NO_SCORES = GenerationDone("stop", 0, 0, "")  # stands in while the real end of generation is unknown
+
+
 async def _stream(body: CompletionRequest, scope: RequestScope, events: AsyncIterator[GenerationEvent]) -> Response:
-    try:
-        first = await events.__anext__()
-    except BaseException as exc:
-        scope.fail(exc)
-        await scope.finish()
-        raise
-    scope.mark_first_token()
+    first = await first_event(events, scope)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(_sse(first, events, scope, body, include_usage), media_type="text/event-stream",
+    usage = StreamUsage()
+    chunks = _chunks(first, events, scope, body, include_usage, usage)
+    return StreamingResponse(terminated(chunks, events, scope, usage), media_type="text/event-stream",
                              headers=scope.headers() | {"cache-control": "no-cache"})
 
 
-async def _sse(
+async def _chunks(
     first: GenerationEvent, events: AsyncIterator[GenerationEvent], scope: RequestScope,
-    body: CompletionRequest, include_usage: bool,
-) -> AsyncIterator[bytes]:
+    body: CompletionRequest, include_usage: bool, usage: StreamUsage,
+) -> AsyncGenerator[bytes, None]:
     chunk_id, created = new_id("cmpl"), now()
     model = scope.record.calls[-1].model if scope.record.calls else body.model
-    usage: tuple[int, int] | None = None
 
     def chunk(text: str, finish: str | None, logprobs: dict[str, Any] | None = None) -> bytes:
         return encode_event({"id": chunk_id, "object": "text_completion", "created": created, "model": model,
                              "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]})
 
-    try:
-        event: GenerationEvent | None = first
-        echoed = False
-        while event is not None:
-            if isinstance(event, GenerationDone):
-                usage = (event.prompt_tokens, event.completion_tokens)
-                if body.echo and not echoed:
-                    yield chunk(_prompt_text(body, event), None)
-                yield chunk("", event.finish_reason)
-                if include_usage:
-                    yield encode_event({"id": chunk_id, "object": "text_completion", "created": created,
-                                        "model": model, "choices": [], "usage": usage_dict(*usage)})
-                break
-            if body.echo and not echoed:
-                echoed = True
-                yield chunk(_prompt_text(body, GenerationDone("stop", 0, 0, model)), None)
-            lps = _legacy_logprobs(body.model_copy(update={"echo": False}), GenerationDone("stop", 0, 0, model),
-                                   list(event.logprobs)) if body.logprobs is not None else None
-            yield chunk(event.text, None, lps)
+    answer_only = body.model_copy(update={"echo": False})  # per-chunk logprobs of generated tokens
+    event = first
+    held: list[TokenChunk] = []
+    if body.echo and body.logprobs is not None:
+        # The prompt's scores arrive with the end of generation: hold the answer until then so
+        # the echoed prompt chunk carries its logprobs, as vLLM's first chunk does (echo with
+        # logprobs is for scoring, whose answers are short or empty).
+        while isinstance(event, TokenChunk):
+            held.append(event)
             event = await events.__anext__()
-        yield DONE
-    except GatewayError as exc:
-        scope.fail(exc)
-        yield encode_event(error_body(exc))
-        yield DONE
-    except Exception as exc:
-        scope.fail(exc)
-        yield encode_event(error_body(GatewayError("internal error while streaming")))
-        yield DONE
-    except BaseException:
-        scope.client_gone()
-        raise
-    finally:
-        await _close(events)
-        await scope.finish(usage)
-
-
-async def _close(events: AsyncIterator[Any]) -> None:
-    close = getattr(events, "aclose", None)
-    if close is not None:
-        await close()
+        assert isinstance(event, GenerationDone)
+        yield chunk(_prompt_text(body, event), None, _legacy_logprobs(body, event, []))
+    elif body.echo:
+        yield chunk(_prompt_text(body, event if isinstance(event, GenerationDone) else _NO_SCORES), None)
+    for item in held:
+        yield chunk(item.text, None, _legacy_logprobs(answer_only, _NO_SCORES, list(item.logprobs)))
+    while isinstance(event, TokenChunk):
+        lps = _legacy_logprobs(answer_only, _NO_SCORES, list(event.logprobs)) if body.logprobs is not None else None
+        yield chunk(event.text, None, lps)
+        event = await events.__anext__()
+    usage.tokens = (event.prompt_tokens, event.completion_tokens)
+    yield chunk("", event.finish_reason)
+    if include_usage:
+        yield encode_event({"id": chunk_id, "object": "text_completion", "created": created, "model": model,
+                            "choices": [], "usage": usage_dict(*usage.tokens)})

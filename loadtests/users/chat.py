@@ -13,20 +13,8 @@ class ChatRequests(OpenAIUser):
     abstract = True
 
     def post_chat(self, model: str, *, name: str) -> None:
-        with self.client.post("/v1/chat/completions", json=self.chat_body(model), name=name,
-                              catch_response=True) as response:
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-                return
-            try:
-                body = response.json()
-                content = body["choices"][0]["message"]["content"]
-                usage = body["usage"]
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                response.failure(f"malformed chat completion: {exc!r}")
-                return
-            if not isinstance(content, str) or not isinstance(usage, dict):
-                response.failure("chat completion without text content or usage")
+        self.post_answer("/v1/chat/completions", self.chat_body(model), name=name,
+                         text_of=lambda body: body["choices"][0]["message"]["content"], what="chat completion")
 
 
 class ChatUser(ChatRequests):

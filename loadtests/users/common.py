@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,6 +91,22 @@ class OpenAIUser(HttpUser):
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
         return body
+
+    def post_answer(self, path: str, body: dict[str, Any], *, name: str, text_of: Callable[[Any], Any],
+                    what: str) -> None:
+        """POST a non-streamed request; a failure unless it is 200 with ``text_of(body)`` a string and usage."""
+        with self.client.post(path, json=body, name=name, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
+                return
+            try:
+                answer = response.json()
+                text, usage = text_of(answer), answer["usage"]
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
+                response.failure(f"malformed {what}: {exc!r}")
+                return
+            if not isinstance(text, str) or not isinstance(usage, dict):
+                response.failure(f"{what} without text or usage")
 
     def report_metric(self, name: str, value: float) -> None:
         """A custom stats row (request_type METRIC); the 'response time' columns hold ``value``."""

@@ -11,20 +11,8 @@ class CompletionRequests(OpenAIUser):
     abstract = True
 
     def post_completion(self, model: str, *, name: str) -> None:
-        with self.client.post("/v1/completions", json=self.completion_body(model), name=name,
-                              catch_response=True) as response:
-            if response.status_code != 200:
-                response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
-                return
-            try:
-                body = response.json()
-                text = body["choices"][0]["text"]
-                usage = body["usage"]
-            except (ValueError, KeyError, IndexError, TypeError) as exc:
-                response.failure(f"malformed completion: {exc!r}")
-                return
-            if not isinstance(text, str) or not isinstance(usage, dict):
-                response.failure("completion without text or usage")
+        self.post_answer("/v1/completions", self.completion_body(model), name=name,
+                         text_of=lambda body: body["choices"][0]["text"], what="completion")
 
 
 class CompletionsUser(CompletionRequests):
