@@ -20,6 +20,11 @@ from gateway.backends.base import ChatMessage
 LETTERS = "ABCD"
 LETTER_PATTERN = re.compile(r"\b([ABCD])\b")
 INSTRUCTION = "Answer the following multiple choice question with the letter of the correct option only."
+# Without it the Qwen2.5-Coder models begin to reason ("To determine ...") on a quarter to half of
+# the questions and reach max_tokens before any letter; with it, none did in a 40-question sample
+# (0.5B: 6/40 without a letter -> 0; accuracy 0.23 -> 0.35).
+SYSTEM = ("You answer multiple-choice questions. Reply with the letter of the correct option (A, B, C or D) "
+          "and nothing else.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +50,11 @@ def _item(row: dict[str, Any]) -> LabelledItem:
     if "choices" in row and "answer" in row:
         options = "\n".join(f"{letter}. {choice}" for letter, choice in zip(LETTERS, row["choices"], strict=False))
         prompt = f"{INSTRUCTION}\n\n{row['question']}\n{options}\nAnswer:"
-        return LabelledItem([ChatMessage(role="user", content=prompt)], str(row["answer"]).strip().upper(), True)
+        system, user = ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=prompt)
+        return LabelledItem([system, user], str(row["answer"]).strip().upper(), True)
     if "acceptable" in row:
-        messages = row.get("messages") or [{"role": "user", "content": row["question"]}]
-        return LabelledItem([ChatMessage(**m) for m in messages], "", False, tuple(row["acceptable"]))
+        given = row.get("messages") or [{"role": "user", "content": row["question"]}]
+        return LabelledItem([ChatMessage(**m) for m in given], "", False, tuple(row["acceptable"]))
     raise ValueError("each record needs question+choices+answer (multiple choice) or acceptable answers")
 
 
