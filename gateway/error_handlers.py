@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.errors import GatewayError, InvalidRequestError, NotFoundError, error_body
+from gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError, error_body
 
 logger = logging.getLogger(__name__)
 

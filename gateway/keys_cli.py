@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway.auth.keys import KeySpec, VirtualKey, parse_expiry
 from gateway.auth.store import KeyStore, build_key_store
-from gateway.errors import GatewayError
+from gateway.core.errors import GatewayError
 from gateway.settings import GatewaySettings
 
 

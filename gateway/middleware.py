@@ -7,7 +7,7 @@ from collections.abc import Callable
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import RequestTooLargeError, error_body
+from gateway.core.errors import RequestTooLargeError, error_body
 
 
 class BodySizeLimit:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from gateway.protocol import (
+from gateway.core.protocol import (
     ERROR_RESPONSES,
     ChatCompletionRequest,
     ChatCompletionResponse,

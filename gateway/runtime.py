@@ -12,26 +12,21 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.backends.base import Backend
-from gateway.backends.local.backend import LocalModelBackend
-from gateway.backends.openai_backend import OpenAICompatibleBackend
-from gateway.errors import ModelNotFoundError
+from gateway.backends.registry import BackendRegistry
+from gateway.core.backend import Backend
+from gateway.core.errors import ModelNotFoundError
+from gateway.core.strategy import GatewayResources, Strategy
 from gateway.reliability.guarded import GuardedBackend
-from policies.schema import BackendConfig, LocalBackend, Policy
-from routers.base import GatewayResources, Strategy
+from policies.schema import BackendConfig, Policy
 from routers.fallback import FallbackChain
 from routers.registry import load_builtin_strategies
 
 logger = logging.getLogger(__name__)
 
 
-def build_backend(name: str, config: BackendConfig) -> Backend:
+def build_backend(name: str, config: BackendConfig, registry: BackendRegistry | None = None) -> Backend:
     """The backend, wrapped in its timeouts, retries and circuit breaker (``.inner`` is the raw one)."""
-    inner: Backend
-    if isinstance(config, LocalBackend):
-        inner = LocalModelBackend(name, config)
-    else:
-        inner = OpenAICompatibleBackend(name, config)
+    inner = (registry or BackendRegistry(BackendConfig)).build(name, config)
     return GuardedBackend(inner, config.timeouts, config.retry, config.circuit_breaker)
 
 
@@ -46,6 +41,7 @@ class PolicyRuntime:
     @classmethod
     async def start(cls, policy: Policy, reuse: PolicyRuntime | None = None) -> PolicyRuntime:
         backends: dict[str, Backend] = {}
+        registry = BackendRegistry(BackendConfig)
         for name, config in policy.backends.items():
             previous = reuse.policy.backends.get(name) if reuse else None
             if reuse is not None and previous == config:
@@ -57,15 +53,15 @@ class PolicyRuntime:
                 backends[name] = GuardedBackend(getattr(old, "inner", old), config.timeouts, config.retry,
                                                 config.circuit_breaker)
                 continue
-            backend = build_backend(name, config)
+            backend = build_backend(name, config, registry)
             await backend.start()
             backends[name] = backend
         prices = {name: config.price for name, config in policy.backends.items()}
         resources = GatewayResources(backends=backends, prices=prices)
-        registry = load_builtin_strategies()
+        strategy_registry = load_builtin_strategies()
         strategies: dict[str, Strategy[Any]] = {}
         for public, strategy_config in policy.models.items():
-            strategy_class = registry.get(strategy_config.type)
+            strategy_class = strategy_registry.get(strategy_config.type)
             strategies[public] = strategy_class(public, strategy_config, resources)
         resources.strategies.update(strategies)
         for strategy in strategies.values():
@@ -103,7 +99,6 @@ class PolicyRuntime:
 
 
 def _same_source(old: BackendConfig, new: BackendConfig) -> bool:
-    """Same backend apart from settings the wrapper alone applies (an HTTP backend's client
-    also uses ``timeouts.connect``/``idle``, so for it a timeout change rebuilds the backend)."""
-    wrapper_only = {"retry", "circuit_breaker"} | ({"timeouts"} if isinstance(new, LocalBackend) else set())
+    """Same backend apart from settings the reliability wrapper alone applies."""
+    wrapper_only = set(type(new).wrapper_settings)
     return type(old) is type(new) and old.model_dump(exclude=wrapper_only) == new.model_dump(exclude=wrapper_only)

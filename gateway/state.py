@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 
-from gateway.accounting.record import RequestRecord
+from gateway.core.record import RequestRecord
 from gateway.runtime import PolicyRuntime
 from gateway.settings import GatewaySettings
 from policies.loader import load_policy

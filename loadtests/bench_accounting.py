@@ -21,11 +21,11 @@ import uuid
 from pathlib import Path
 
 from gateway.accounting.finalize import finalize_record
-from gateway.accounting.record import CallRecord, RequestRecord
 from gateway.accounting.redis_store import RedisRecordStore
 from gateway.accounting.service import AccountingService, build_accounting
+from gateway.core.config import Price
+from gateway.core.record import CallRecord, RequestRecord
 from loadtests.bench_report import machine_line, write_section
-from policies.schema import Price
 
 SLM_PRICE = Price(input_per_1m=0.1, output_per_1m=0.2)
 LLM_PRICE = Price(input_per_1m=2.5, output_per_1m=10.0)

@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.backends.base import ChatMessage, SamplingParams, TokenChunk
+from gateway.core.backend import ChatMessage, SamplingParams, TokenChunk
 from loadtests.bench_report import machine_line, write_section
 
 PROMPTS = [
@@ -51,7 +51,7 @@ async def _stream(backend: Any, prompt: str, max_tokens: int) -> tuple[int, floa
 
 async def serve_phase(max_tokens: int) -> dict[str, float]:
     from gateway.backends.local.backend import LocalModelBackend
-    from policies.schema import LocalBackend
+    from gateway.backends.local.config import LocalBackend
 
     backend = LocalModelBackend("slm", LocalBackend(type="local", default_max_tokens=max_tokens))
     started = time.perf_counter()

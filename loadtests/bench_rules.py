@@ -19,17 +19,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.base import (
+from gateway.core.backend import (
     Backend,
     ChatMessage,
     CompletionPrompt,
     GenerationEvent,
     SamplingParams,
 )
+from gateway.core.strategy import ChatRequestView, GatewayResources
 from loadtests.bench_report import machine_line, write_section
 from policies.loader import load_policy
 from policies.strategies import RulesStrategy
-from routers.base import ChatRequestView, GatewayResources
 from routers.privacy.guard import inspect_request, redact_request
 from routers.rules.strategy import Rules
 

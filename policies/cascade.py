@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.strategy_base import StrategyBase
+from gateway.core.config import StrategyBase
 
 ScorerName = Literal["mean_logprob", "min_logprob", "quantile_logprob", "neg_entropy", "mean_margin",
                      "first_token_margin"]

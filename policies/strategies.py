@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from policies.strategy_base import StrategyBase
+from gateway.core.config import StrategyBase
 
 
 class StaticStrategy(StrategyBase):

@@ -22,10 +22,10 @@ import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
-from gateway.backends.base import CompletionPrompt, GenerationEvent, SamplingParams
-from gateway.errors import UpstreamError
+from gateway.core.backend import CompletionPrompt, GenerationEvent, SamplingParams
+from gateway.core.errors import UpstreamError
+from gateway.core.strategy import ChatRequestView, RequestContext, Strategy, StrategyEvent
 from gateway.reliability.guarded import CLIENT_STREAMING
-from routers.base import ChatRequestView, RequestContext, Strategy, StrategyEvent
 
 logger = logging.getLogger(__name__)
 

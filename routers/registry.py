@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from routers.base import Strategy
+    from gateway.core.strategy import Strategy
 
 StrategyClass = TypeVar("StrategyClass", bound="type[Strategy[Any]]")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from gateway.backends.base import CompletionPrompt, GenerationDone, GenerationEvent, SamplingParams
+from gateway.core.backend import CompletionPrompt, GenerationDone, GenerationEvent, SamplingParams
+from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
 from policies.strategies import StaticStrategy
-from routers.base import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
 from routers.registry import register_strategy
 
 

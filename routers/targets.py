@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.backends.base import GenerationDone
+from gateway.core.backend import GenerationDone
+from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, StrategyEvent
 from policies.strategies import split_target
-from routers.base import AnswerDone, ChatRequestView, GatewayResources, RequestContext, StrategyEvent
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,8 +10,8 @@ from typing import Any
 import uvicorn
 import yaml
 
-from gateway.accounting.record import RequestRecord
 from gateway.app import build_app
+from gateway.core.record import RequestRecord
 from gateway.settings import GatewaySettings
 from tests.gateway_process import free_port
 

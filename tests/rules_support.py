@@ -7,8 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.accounting.record import RequestRecord
-from gateway.backends.base import (
+from gateway.core.backend import (
     Backend,
     ChatMessage,
     CompletionPrompt,
@@ -17,8 +16,9 @@ from gateway.backends.base import (
     SamplingParams,
     TokenChunk,
 )
+from gateway.core.record import RequestRecord
+from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy
 from policies.strategies import RulesStrategy, StaticStrategy
-from routers.base import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy
 from routers.rules.strategy import Rules
 from routers.static import Static
 

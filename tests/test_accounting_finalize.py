@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.accounting.finalize import finalize_record
-from gateway.accounting.record import CallRecord, RequestRecord
-from policies.schema import Price
+from gateway.core.config import Price
+from gateway.core.record import CallRecord, RequestRecord
 
 SLM = Price(input_per_1m=0.10, output_per_1m=0.20)
 LLM = Price(input_per_1m=2.50, output_per_1m=10.00)

@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.accounting.finalize import finalize_record
 from gateway.accounting.metrics import GatewayMetrics
-from gateway.accounting.record import CallRecord
 from gateway.accounting.report_cli import register
 from gateway.accounting.service import build_accounting
-from policies.schema import Price
+from gateway.core.config import Price
+from gateway.core.record import CallRecord
 from tests.test_accounting_stores import make_record
 
 

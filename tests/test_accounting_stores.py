@@ -14,10 +14,10 @@ import pytest
 
 from gateway.accounting.buckets import bucket_of, percentile
 from gateway.accounting.facts import record_to_dict
-from gateway.accounting.record import CallRecord, RequestRecord
 from gateway.accounting.redis_store import RedisRecordStore
 from gateway.accounting.sqlite_store import SQLiteRecordStore
 from gateway.accounting.store import RecordStore
+from gateway.core.record import CallRecord, RequestRecord
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

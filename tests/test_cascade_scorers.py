@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gateway.backends.base import TokenLogprob, TopLogprob
+from gateway.core.backend import TokenLogprob, TopLogprob
 from policies.cascade import EarlyExit
 from routers.cascade.calibration import (
     CalibrationTarget,

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.backends.base import ChatMessage, SamplingParams, TokenChunk
 from gateway.backends.local.backend import LocalModelBackend
+from gateway.backends.local.config import LocalBackend
 from gateway.backends.local.detokenize import StopMatcher
-from policies.schema import LocalBackend
+from gateway.core.backend import ChatMessage, SamplingParams, TokenChunk
 from tests.gateway_process import smollm2_policy
 from tests.inprocess import InProcessGateway
 

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.backends.base import (
+from gateway.core.backend import (
     SamplingParams,
 )
-from gateway.errors import InvalidRequestError, PermissionDeniedError
+from gateway.core.errors import InvalidRequestError, PermissionDeniedError
 from routers.privacy.redaction import Redactor, StreamRestorer
 from tests.rules_support import CARD, EMAIL, RecordingBackend, answer, build, two_backends, view
 

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.accounting.record import RequestRecord
-from gateway.backends.base import (
+from gateway.core.backend import (
     Backend,
     ChatMessage,
     CompletionPrompt,
@@ -23,7 +22,8 @@ from gateway.backends.base import (
     SamplingParams,
     TokenChunk,
 )
-from gateway.errors import (
+from gateway.core.config import CircuitBreakerPolicy, RetryPolicy, Timeouts
+from gateway.core.errors import (
     GatewayError,
     InvalidRequestError,
     RateLimitError,
@@ -31,13 +31,13 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.core.record import RequestRecord
+from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from gateway.reliability.circuit import CircuitBreaker
 from gateway.reliability.guarded import CLIENT_STREAMING, GuardedBackend
 from gateway.reliability.retry import backoff_s, is_retryable
 from policies.loader import PolicyError, parse_policy
-from policies.schema import CircuitBreakerPolicy, RetryPolicy, Timeouts
 from policies.strategies import StaticStrategy
-from routers.base import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from routers.fallback import FALLBACK_HEADER, FallbackChain
 
 MESSAGES = [ChatMessage(role="user", content="hi")]

@@ -10,10 +10,10 @@ import torch
 from scipy.stats import chisquare
 
 from gateway.backends.local.backend import LocalModelBackend
+from gateway.backends.local.config import LocalBackend
+from gateway.core.strategy import GatewayResources
 from policies.loader import PolicyError
-from policies.schema import LocalBackend
 from policies.strategies import SpeculativeDraft, SpeculativeStrategy
-from routers.base import GatewayResources
 from routers.speculative.acceptance import DraftLength, greedy_verdict, rejection_verdict
 from routers.speculative.decoding import Decoding, Speculator, target_greedy
 from routers.speculative.forward import CausalLM

@@ -14,8 +14,8 @@ from gateway.accounting.facts import DIMENSIONS
 from gateway.accounting.service import AccountingService
 from gateway.accounting.store import StoreUnavailableError
 from gateway.auth.api import require_admin
-from gateway.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
-from gateway.protocol import ERROR_RESPONSES
+from gateway.core.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
+from gateway.core.protocol import ERROR_RESPONSES
 
 
 def build_accounting_router(service: AccountingService) -> APIRouter:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from gateway.accounting.record import CallRecord, RequestRecord
+from gateway.core.record import CallRecord, RequestRecord
 
 DIMENSIONS = ("route", "model", "backend", "key")
 ANONYMOUS_KEY = "anonymous"

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from gateway.accounting.record import RequestRecord
-from policies.schema import Price
+from gateway.core.config import Price
+from gateway.core.record import RequestRecord
 
 
 def finalize_record(

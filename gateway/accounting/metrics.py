@@ -38,7 +38,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from gateway.accounting.record import RequestRecord
+from gateway.core.record import RequestRecord
 
 OVERFLOW_LABEL = "other"
 _LATENCY_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)

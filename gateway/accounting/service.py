@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.accounting.facts import DIMENSIONS, record_to_dict
-from gateway.accounting.record import RequestRecord
 from gateway.accounting.redis_store import RedisRecordStore
 from gateway.accounting.spool import Spool
 from gateway.accounting.sqlite_store import SQLiteRecordStore
 from gateway.accounting.store import GroupTotals, RecordStore, StoreUnavailableError, usage_body
 from gateway.accounting.window import minute_window
-from gateway.errors import InvalidRequestError
+from gateway.core.errors import InvalidRequestError
+from gateway.core.record import RequestRecord
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import re
 import time
 from datetime import UTC, datetime
 
-from gateway.errors import InvalidRequestError
+from gateway.core.errors import InvalidRequestError
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.I)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}

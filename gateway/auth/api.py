@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.auth.enforcement import KEY_STORE, bearer_token, is_admin_key, principal_of
 from gateway.auth.keys import KeySpec, parse_expiry
 from gateway.auth.store import KeyStore
-from gateway.errors import AuthenticationError, InvalidRequestError, NotFoundError, PermissionDeniedError
-from gateway.protocol import ERROR_RESPONSES
+from gateway.core.errors import AuthenticationError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.core.protocol import ERROR_RESPONSES
 from gateway.state import get_state
 
 

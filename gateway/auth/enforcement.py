@@ -23,13 +23,13 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from gateway.accounting.record import RequestRecord
 from gateway.auth import limits
 from gateway.auth.estimate import worst_case
 from gateway.auth.keys import VirtualKey, looks_like_virtual_key, nano_to_usd, usd_to_nano
 from gateway.auth.store import KeyStore
-from gateway.errors import AuthenticationError, PermissionDeniedError, RateLimitError
-from gateway.protocol import new_id
+from gateway.core.errors import AuthenticationError, PermissionDeniedError, RateLimitError
+from gateway.core.protocol import new_id
+from gateway.core.record import RequestRecord
 from gateway.state import GatewayState, get_state
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 import orjson
 
 from gateway.auth.keys import usd_to_nano
-from policies.schema import LocalBackend, Policy
+from gateway.backends.local.config import LocalBackend
+from policies.schema import Policy
 
 BYTES_PER_TOKEN_ESTIMATE = 3
 

@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.enforcement import enforcer_of
+from gateway.core.errors import GatewayError
 from gateway.error_handlers import create_error_response
-from gateway.errors import GatewayError
 from gateway.state import GatewayState
 
 PROTECTED_PREFIX = "/v1/"

@@ -25,7 +25,7 @@ from redis.typing import EncodableT
 
 from gateway.auth.keys import KeySpec, VirtualKey, hash_secret, new_key_id, new_pepper, new_secret, same_hash
 from gateway.auth.limits import OK, RESERVATION_TTL_S, WINDOW_S, Admission, LimitState
-from gateway.errors import UpstreamUnavailableError
+from gateway.core.errors import UpstreamUnavailableError
 
 _PRELUDE = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end

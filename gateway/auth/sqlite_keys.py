@@ -18,7 +18,7 @@ import orjson
 
 from gateway.auth.keys import KeySpec, VirtualKey, hash_secret, new_key_id, new_pepper, new_secret, same_hash
 from gateway.auth.limits import EXPIRED, RESERVATION_TTL_S, REVOKED, UNKNOWN, WINDOW_S, Admission, decide
-from gateway.errors import UpstreamUnavailableError
+from gateway.core.errors import UpstreamUnavailableError
 from gateway.sqlite_worker import SQLiteWorker
 
 T = TypeVar("T")

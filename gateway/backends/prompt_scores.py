@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.backends.base import TokenLogprob, TopLogprob
+from gateway.core.backend import TokenLogprob, TopLogprob
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import aiohttp
 import orjson
 
-from gateway.errors import (
+from gateway.core.errors import (
     GatewayError,
     InvalidRequestError,
     RateLimitError,

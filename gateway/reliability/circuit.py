@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Literal
 
-from policies.schema import CircuitBreakerPolicy
+from gateway.core.config import CircuitBreakerPolicy
 
 CircuitState = Literal["closed", "open", "half_open"]
 

@@ -29,18 +29,20 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
 
-from gateway.backends.base import (
+from gateway.core.backend import (
     Backend,
+    BackendCapabilities,
     ChatMessage,
     CompletionPrompt,
     GenerationDone,
     GenerationEvent,
     SamplingParams,
+    TokenScorer,
 )
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.core.config import CircuitBreakerPolicy, RetryPolicy, Timeouts
+from gateway.core.errors import GatewayError, UpstreamError, UpstreamTimeoutError, UpstreamUnavailableError
 from gateway.reliability.circuit import CircuitBreaker
 from gateway.reliability.retry import counts_as_upstream_failure, is_retryable, retry_delay_s
-from policies.schema import CircuitBreakerPolicy, RetryPolicy, Timeouts
 
 logger = logging.getLogger(__name__)
 
@@ -82,12 +84,11 @@ class GuardedBackend(Backend):
         return self.inner.ready
 
     @property
-    def is_local(self) -> bool:
-        return self.inner.is_local
+    def capabilities(self) -> BackendCapabilities:
+        return self.inner.capabilities
 
-    @property
-    def supports_prefix_continuation(self) -> bool:
-        return self.inner.supports_prefix_continuation
+    def token_scorer(self) -> TokenScorer | None:
+        return self.inner.token_scorer()
 
     @property
     def circuit_state(self) -> str:

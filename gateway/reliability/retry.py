@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import random
 
-from gateway.errors import GatewayError, RateLimitError, UpstreamError
-from policies.schema import RetryPolicy
+from gateway.core.config import RetryPolicy
+from gateway.core.errors import GatewayError, RateLimitError, UpstreamError
 
 NOT_RETRYABLE_CODES = frozenset({"circuit_open", "upstream_auth_failed"})
 

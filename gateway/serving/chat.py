@@ -11,14 +11,14 @@ from fastapi.responses import Response, StreamingResponse
 
 from gateway.auth.enforcement import admit_request
 from gateway.auth.estimate import chat_prompt_tokens
-from gateway.backends.base import SamplingParams, TokenChunk
 from gateway.backends.sse import encode_event
-from gateway.errors import InvalidRequestError, UnsupportedParameterError
-from gateway.protocol import ChatCompletionRequest, chat_logprob_entry, new_id, now, usage_dict
+from gateway.core.backend import SamplingParams, TokenChunk
+from gateway.core.errors import InvalidRequestError, UnsupportedParameterError
+from gateway.core.protocol import ChatCompletionRequest, chat_logprob_entry, new_id, now, usage_dict
+from gateway.core.strategy import AnswerDone, ChatRequestView, StrategyEvent
 from gateway.serving.scope import RequestScope
 from gateway.serving.streaming import StreamUsage, collected, first_event, terminated
 from gateway.state import get_state
-from routers.base import AnswerDone, ChatRequestView, StrategyEvent
 
 KNOWN_FIELDS = set(ChatCompletionRequest.model_fields)
 

@@ -16,7 +16,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from gateway.auth.enforcement import admit_request
 from gateway.auth.estimate import text_tokens
-from gateway.backends.base import (
+from gateway.backends.sse import encode_event
+from gateway.core.backend import (
     CompletionPrompt,
     GenerationDone,
     GenerationEvent,
@@ -24,9 +25,8 @@ from gateway.backends.base import (
     TokenChunk,
     TokenLogprob,
 )
-from gateway.backends.sse import encode_event
-from gateway.errors import InvalidRequestError, UnsupportedParameterError
-from gateway.protocol import CompletionRequest, new_id, now, usage_dict
+from gateway.core.errors import InvalidRequestError, UnsupportedParameterError
+from gateway.core.protocol import CompletionRequest, new_id, now, usage_dict
 from gateway.serving.scope import RequestScope
 from gateway.serving.streaming import StreamUsage, collected, first_event, terminated
 from gateway.state import get_state

@@ -12,11 +12,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.accounting.finalize import finalize_record
-from gateway.accounting.record import RequestRecord
-from gateway.errors import GatewayError, error_kind
-from gateway.protocol import new_id
+from gateway.core.errors import GatewayError, error_kind
+from gateway.core.protocol import new_id
+from gateway.core.record import RequestRecord
+from gateway.core.strategy import RequestContext, Strategy
 from gateway.state import GatewayState
-from routers.base import RequestContext, Strategy
 
 if TYPE_CHECKING:
     from gateway.auth.enforcement import Ticket

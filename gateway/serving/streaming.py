@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 
 from gateway.backends.sse import DONE, encode_event
-from gateway.errors import GatewayError, error_body
+from gateway.core.errors import GatewayError, error_body
 from gateway.serving.disconnect import ClientDisconnected, run_unless_disconnected
 from gateway.serving.scope import RequestScope
 

@@ -18,13 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from gateway.accounting.finalize import finalize_record
-from gateway.accounting.record import RequestRecord
-from gateway.backends.base import Backend, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
-from gateway.protocol import new_id
+from gateway.core.backend import Backend, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
+from gateway.core.protocol import new_id
+from gateway.core.record import RequestRecord
+from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext
 from gateway.runtime import PolicyRuntime
 from policies.cascade import CascadeStrategy
 from policies.schema import Policy
-from routers.base import AnswerDone, ChatRequestView, RequestContext
 from routers.cascade.calibration import apply_calibration
 from routers.cascade.labelled import LabelledItem
 from routers.cascade.scorers import SCORERS

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.base import ChatMessage
+from gateway.core.backend import ChatMessage
 
 LETTERS = "ABCD"
 LETTER_PATTERN = re.compile(r"\b([ABCD])\b")

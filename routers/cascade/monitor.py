@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from gateway.backends.base import TokenLogprob
+from gateway.core.backend import TokenLogprob
 from policies.cascade import EarlyExit
 
 

@@ -14,8 +14,8 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from gateway.core.strategy import ChatRequestView, RequestContext
 from policies.cascade import RouterStage
-from routers.base import ChatRequestView, RequestContext
 
 if TYPE_CHECKING:
     from routers.learned.router import LearnedRouter

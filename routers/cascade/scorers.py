@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from gateway.backends.base import TokenLogprob
+from gateway.core.backend import TokenLogprob
 
 Scorer = Callable[[Sequence[TokenLogprob]], float]
 EMPTY_SCORE = -math.inf  # an answer with no tokens carries no evidence of confidence

@@ -18,11 +18,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from gateway.backends.base import CompletionPrompt, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
-from gateway.errors import UpstreamUnavailableError
+from gateway.core.backend import CompletionPrompt, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
+from gateway.core.errors import UpstreamUnavailableError
+from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from policies.cascade import CascadeStrategy, CascadeTier
 from policies.loader import PolicyError
-from routers.base import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from routers.cascade.calibration import apply_calibration
 from routers.cascade.monitor import RunningCheck
 from routers.cascade.prerouter import PreRouter, Shortcut

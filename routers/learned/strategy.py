@@ -13,16 +13,16 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
-from gateway.errors import UpstreamUnavailableError
-from policies.loader import PolicyError
-from policies.strategies import LearnedStrategy, split_target
-from routers.base import (
+from gateway.core.errors import UpstreamUnavailableError
+from gateway.core.strategy import (
     ChatRequestView,
     GatewayResources,
     RequestContext,
     Strategy,
     StrategyEvent,
 )
+from policies.loader import PolicyError
+from policies.strategies import LearnedStrategy, split_target
 from routers.learned.router import LearnedRouter
 from routers.registry import register_strategy
 from routers.targets import Target, answer_from, resolve_target, target_ready

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.core.strategy import ChatRequestView
 from policies.strategies import PrivacyAction, PrivacyPolicy
-from routers.base import ChatRequestView
 from routers.privacy.detectors import DETECTOR_NAMES, DETECTORS, scan
 from routers.privacy.redaction import Redactor
 

@@ -13,17 +13,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.backends.base import TokenChunk, TokenLogprob
-from gateway.errors import GatewayError, InvalidRequestError, PermissionDeniedError
-from policies.loader import PolicyError
-from policies.strategies import RulesStrategy
-from routers.base import (
+from gateway.core.backend import TokenChunk, TokenLogprob
+from gateway.core.errors import GatewayError, InvalidRequestError, PermissionDeniedError
+from gateway.core.strategy import (
     ChatRequestView,
     GatewayResources,
     RequestContext,
     Strategy,
     StrategyEvent,
 )
+from policies.loader import PolicyError
+from policies.strategies import RulesStrategy
 from routers.privacy.guard import PrivacyFinding, inspect_request, redact_request
 from routers.privacy.redaction import Redactor, StreamRestorer
 from routers.registry import register_strategy

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from gateway.backends.base import GenerationDone, TokenChunk
-from routers.base import AnswerDone, ChatRequestView, RequestContext, StrategyEvent
+from gateway.core.backend import GenerationDone, TokenChunk
+from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, StrategyEvent
 
 
 async def predicted_answer(

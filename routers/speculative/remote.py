@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import torch
 
-from gateway.errors import UpstreamError
+from gateway.core.errors import UpstreamError
 from routers.speculative.acceptance import Verdict
 from routers.speculative.decoding import Drafter, Generation, Round
 from routers.speculative.forward import CausalLM

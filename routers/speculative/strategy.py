@@ -24,16 +24,16 @@ from typing import Any, Literal
 
 import httpx
 
-from gateway.accounting.record import CallRecord
-from gateway.backends.base import Backend, TokenChunk
 from gateway.backends.local.backend import LocalModelBackend
 from gateway.backends.local.detokenize import IncrementalDetokenizer, StopMatcher
-from gateway.backends.openai_backend import OpenAICompatibleBackend
-from gateway.errors import UnsupportedParameterError, UpstreamUnavailableError
+from gateway.backends.openai.backend import OpenAICompatibleBackend
+from gateway.core.backend import Backend, TokenChunk
+from gateway.core.config import Price
+from gateway.core.errors import UnsupportedParameterError, UpstreamUnavailableError
+from gateway.core.record import CallRecord
+from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
 from policies.loader import PolicyError
-from policies.schema import Price
 from policies.strategies import SpeculativeStrategy
-from routers.base import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
 from routers.registry import register_strategy
 from routers.speculative.acceptance import DraftLength
 from routers.speculative.decoding import Decoding, Generation, Round, Speculator

@@ -8,17 +8,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from gateway.backends.base import (
-    Backend,
-    ChatMessage,
-    CompletionPrompt,
-    GenerationDone,
-    GenerationEvent,
-    SamplingParams,
-    TokenChunk,
-    TokenLogprob,
-    TopLogprob,
-)
+from gateway.backends.local.config import LocalBackend
 from gateway.backends.local.detokenize import IncrementalDetokenizer, StopMatcher
 from gateway.backends.local.engine import (
     EngineOutput,
@@ -28,8 +18,19 @@ from gateway.backends.local.engine import (
     PromptScores,
 )
 from gateway.backends.local.loader import load_model
-from gateway.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
-from policies.schema import LocalBackend
+from gateway.core.backend import (
+    Backend,
+    BackendCapabilities,
+    ChatMessage,
+    CompletionPrompt,
+    GenerationDone,
+    GenerationEvent,
+    SamplingParams,
+    TokenChunk,
+    TokenLogprob,
+    TopLogprob,
+)
+from gateway.core.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +57,8 @@ class LocalModelBackend(Backend):
         return self._engine is not None
 
     @property
-    def is_local(self) -> bool:
-        return True
-
-    @property
-    def supports_prefix_continuation(self) -> bool:
-        return True
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(local=True, prefix_continuation=True, prompt_logprobs=True, token_ids=True)
 
     async def start(self) -> None:
         started = time.perf_counter()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from gateway.backends.base import ChatMessage, TokenLogprob
+from gateway.core.backend import ChatMessage, TokenLogprob
 
 
 class TextPart(BaseModel):

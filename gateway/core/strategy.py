@@ -7,7 +7,7 @@ assembled from that one iterator, so no strategy has two code paths.
 
 Upstream calls go through :meth:`RequestContext.call_chat` / :meth:`RequestContext.call_completion`,
 which time them, count their tokens and cost, and append a
-:class:`~gateway.accounting.record.CallRecord` to the request's record.
+:class:`~gateway.core.record.CallRecord` to the request's record.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from gateway.accounting.record import CallRecord, RequestRecord
-from gateway.backends.base import (
+from gateway.core.backend import (
     Backend,
     ChatMessage,
     CompletionPrompt,
@@ -27,9 +26,9 @@ from gateway.backends.base import (
     SamplingParams,
     TokenChunk,
 )
-from gateway.errors import GatewayError, InvalidRequestError, error_kind
-from policies.schema import Price
-from policies.strategy_base import StrategyBase
+from gateway.core.config import Price, StrategyBase
+from gateway.core.errors import GatewayError, InvalidRequestError, error_kind
+from gateway.core.record import CallRecord, RequestRecord
 
 
 @dataclass(frozen=True, slots=True)

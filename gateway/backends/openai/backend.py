@@ -19,8 +19,13 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.backends.base import (
+from gateway.backends.openai.config import OpenAIBackend
+from gateway.backends.prompt_scores import split_echo
+from gateway.backends.sse import event_batches
+from gateway.backends.upstream_errors import TRANSPORT_ERRORS, translate_status, translate_transport
+from gateway.core.backend import (
     Backend,
+    BackendCapabilities,
     ChatMessage,
     CompletionPrompt,
     GenerationDone,
@@ -30,11 +35,7 @@ from gateway.backends.base import (
     TokenLogprob,
     TopLogprob,
 )
-from gateway.backends.prompt_scores import split_echo
-from gateway.backends.sse import event_batches
-from gateway.backends.upstream_errors import TRANSPORT_ERRORS, translate_status, translate_transport
-from gateway.errors import UpstreamError, UpstreamUnavailableError
-from policies.schema import OpenAIBackend
+from gateway.core.errors import UpstreamError, UpstreamUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,10 @@ class OpenAICompatibleBackend(Backend):
         return self.configured and self._client is not None
 
     @property
-    def supports_prefix_continuation(self) -> bool:
-        return self.config.supports_prefix_continuation
+    def capabilities(self) -> BackendCapabilities:
+        # Tools, grammars and prompt logprobs are the upstream's to honour: relayed as sent.
+        continues = self.config.supports_prefix_continuation
+        return BackendCapabilities(prefix_continuation=continues, prompt_logprobs=continues, tools=True, grammar=True)
 
     def unconfigured_reason(self) -> str:
         missing = []

@@ -1,6 +1,6 @@
 """The accounting record: one per client request, one :class:`CallRecord` per upstream call.
 
-Strategies fill these through :class:`routers.base.RequestContext`; the app finalises the
+Strategies fill these through :class:`gateway.core.strategy.RequestContext`; the app finalises the
 record when the response is complete (or failed) and hands it to the accounting sink.
 """
 
@@ -21,7 +21,7 @@ class CallRecord:
     cost_usd: float = 0.0
     latency_ms: float = 0.0
     ttft_ms: float | None = None
-    status: str = "ok"  # "ok" or an error kind (gateway.errors.error_kind)
+    status: str = "ok"  # "ok" or an error kind (gateway.core.errors.error_kind)
     used: bool = True  # False: output discarded (e.g. a cascade's escalated attempt)
     purpose: str = "answer"  # answer | draft | verify | probe | fallback
     extra: dict[str, Any] = field(default_factory=dict)

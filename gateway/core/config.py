@@ -1,0 +1,90 @@
+"""Configuration types shared by every layer: the strict base model, prices, the backend
+reliability settings, and the base of every strategy configuration.
+
+They sit in the bottom layer so a backend's or a strategy's own config (in its folder) and
+the policy schema that unites them can all use them without importing each other.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class StrategyBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def referenced_backends(self) -> list[str]:
+        """Backend names this strategy calls directly."""
+        return []
+
+    def referenced_models(self) -> list[str]:
+        """Other public models (strategies) this strategy delegates to."""
+        return []
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(StrictModel):
+    """USD per one million tokens."""
+
+    input_per_1m: float = Field(0.0, ge=0)
+    output_per_1m: float = Field(0.0, ge=0)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1e6
+
+
+class Timeouts(StrictModel):
+    """Per-backend timeouts in seconds (see docs/reliability.md for the defaults' rationale)."""
+
+    connect: float = Field(5.0, gt=0)
+    first_token: float = Field(60.0, gt=0)
+    total: float = Field(300.0, gt=0)
+    idle: float = Field(60.0, gt=0)
+
+
+class RetryPolicy(StrictModel):
+    """Retries of one upstream call, only before its first token (docs/reliability.md).
+
+    ``max_attempts`` counts the first try. Backoff is exponential with full jitter:
+    attempt n waits uniform(0, min(max_backoff_s, initial_backoff_s * 2**(n-1))), and every
+    attempt and wait must fit in the call's ``first_token`` (and, non-streamed, ``total``) budget.
+    """
+
+    max_attempts: int = Field(2, ge=1, le=10)
+    initial_backoff_s: float = Field(0.1, ge=0)
+    max_backoff_s: float = Field(2.0, ge=0)
+
+
+class CircuitBreakerPolicy(StrictModel):
+    """Per-backend circuit breaker: open after ``failure_threshold`` consecutive upstream
+    failures, or when the error rate over the last ``window`` calls reaches ``error_rate``;
+    after ``cooldown_s`` one probe call is let through (half-open)."""
+
+    failure_threshold: int = Field(5, ge=1)
+    error_rate: float = Field(0.5, gt=0, le=1)
+    window: int = Field(20, ge=2)
+    cooldown_s: float = Field(10.0, gt=0)
+
+
+class BackendConfigBase(StrictModel):
+    """What every backend kind's config has. A subclass sets ``type: Literal["<tag>"]`` and
+    ``implementation``, the ``"module:Class"`` of the backend it configures; the backend
+    registry reads both, so the tag is written once and the module is imported only when a
+    policy uses it (an in-process engine's heavy imports stay out of processes that need none).
+    """
+
+    implementation: ClassVar[str]
+    # Settings that only the reliability wrapper applies: changing them on reload keeps the
+    # loaded model / connection pool (an HTTP client also reads ``timeouts``, so not here).
+    wrapper_settings: ClassVar[frozenset[str]] = frozenset({"retry", "circuit_breaker"})
+
+    price: Price = Price()
+    context_length: int = Field(8192, ge=16)
+    timeouts: Timeouts = Timeouts()
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
