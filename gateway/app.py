@@ -14,14 +14,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.api import build_keys_router
 from gateway.auth.lifecycle import start_keys, stop_keys
-from gateway.auth.middleware import ApiKeyAuth
-from gateway.backends.local.loader import set_torch_threads
+from gateway.auth.secrets import SecretScrubber, install_log_scrubbing
 from gateway.error_handlers import install_error_handlers
-from gateway.middleware import BodySizeLimit
+from gateway.middleware import install_middleware
 from gateway.routes import build_router
 from gateway.runtime import PolicyRuntime
 from gateway.settings import GatewaySettings
@@ -31,29 +29,12 @@ from policies.loader import load_policy
 logger = logging.getLogger(__name__)
 
 
-class InFlightCounter:
-    """Counts requests whose response has not finished (streams included), for draining."""
-
-    def __init__(self, app: ASGIApp, fastapi_app: FastAPI) -> None:
-        self.app = app
-        self.fastapi_app = fastapi_app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        state: GatewayState | None = getattr(self.fastapi_app.state, "gateway", None)
-        if scope["type"] != "http" or state is None:
-            await self.app(scope, receive, send)
-            return
-        state.in_flight += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            state.in_flight -= 1
-
-
 def _default_accounting(settings: GatewaySettings, stream_maxlen: int) -> AccountingSink:
     from gateway.accounting.service import build_accounting
 
-    return build_accounting(settings.redis_url, settings.data_dir, stream_maxlen)
+    reliability = settings.reliability
+    return build_accounting(settings.redis_url, settings.data_dir, stream_maxlen, redis_pool=reliability.redis_pool,
+                            journal=reliability.journal)
 
 
 def _default_metrics() -> MetricsSink:
@@ -71,9 +52,10 @@ def build_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.torch_threads is not None:
-            set_torch_threads(settings.torch_threads)
-        runtime = await PolicyRuntime.start(policy)
+        # Before anything can log: no secret this process holds (admin key, upstream API keys,
+        # bearer tokens) reaches a log line.
+        unscrub = install_log_scrubbing(SecretScrubber.for_policy(policy, settings.admin_key))
+        runtime = await PolicyRuntime.start(policy, threads=settings.threads)
         sink = accounting or _default_accounting(settings, policy.gateway.record_stream_maxlen)
         await sink.start()
         state = GatewayState(settings=settings, runtime=runtime, accounting=sink, metrics=metrics or _default_metrics())
@@ -93,22 +75,18 @@ def build_app(
             await drain(state)
             await state.runtime.close()
             await stop_keys(state)  # settles reservations still in flight before accounting closes
+            if state.response_store is not None:
+                await state.response_store.close()
             await sink.close()
+            unscrub()
 
     app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible gateway: small model where it is good enough, large where not.")
     install_error_handlers(app)
     app.include_router(build_router())
     app.include_router(build_keys_router())
-    app.add_middleware(ApiKeyAuth, fastapi_app=app)
-    app.add_middleware(InFlightCounter, fastapi_app=app)
-    app.add_middleware(BodySizeLimit, limit=lambda: _body_limit(app, policy.gateway.max_body_bytes))
+    install_middleware(app, policy.gateway.max_body_bytes)
     return app
-
-
-def _body_limit(app: FastAPI, default: int) -> int:
-    state: GatewayState | None = getattr(app.state, "gateway", None)
-    return state.runtime.policy.gateway.max_body_bytes if state else default
 
 
 def _install_accounting_routes(app: FastAPI, sink: AccountingSink) -> None:

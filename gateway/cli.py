@@ -1,7 +1,9 @@
 """``slm-gateway`` command line: serve, policy check, and the subcommands other modules add.
 
 Each feature module that has commands exposes ``register(subparsers)``; they are listed in
-:data:`COMMAND_MODULES` and imported only when the CLI runs.
+:data:`COMMAND_MODULES` and imported only when the CLI runs. Those are offline tools
+(``*/offline/``: calibration, evaluation, training, reports) and admin tools: they may import
+the runtime, and nothing on the request path imports them (``tests/test_layers.py``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import sys
 from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "gateway.accounting.report_cli",
-    "routers.cascade.cli",
-    "routers.learned.cli",
+    "gateway.accounting.offline.report_cli",
+    "routers.cascade.offline.cli",
+    "routers.learned.offline.cli",
     "gateway.keys_cli",
 )
 
@@ -34,8 +36,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     if args.policy:
         os.environ["SLM_GATEWAY_POLICY"] = str(args.policy)
     from policies.loader import PolicyError, load_policy
@@ -51,26 +51,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "budget. Set SLM_GATEWAY_ADMIN_KEY to require API keys. !!!", args.host,
         )
     os.environ["SLM_GATEWAY_DRAIN_SECONDS"] = str(args.drain_seconds)
+    from gateway.reliability.settings import ReliabilitySettings
+    from gateway.serve import serve_draining, serve_workers
+
+    # Header limits apply in the HTTP protocol, before the app (and in every worker).
+    limits = ReliabilitySettings.from_env().http
     if args.workers == 1:
         # One process: drain on SIGTERM (readiness off, in-flight finish) before stopping.
         from gateway.asgi import create_app
-        from gateway.serve import serve_draining
 
         serve_draining(create_app(), host=args.host, port=args.port, log_level=args.log_level,
-                       access_log=args.access_log, drain_seconds=args.drain_seconds)
+                       access_log=args.access_log, drain_seconds=args.drain_seconds, limits=limits)
         return 0
-    uvicorn.run(
-        "gateway.asgi:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-        log_level=args.log_level, loop="auto", http="auto", timeout_graceful_shutdown=int(args.drain_seconds),
-        access_log=args.access_log,
-    )
+    serve_workers("gateway.asgi:create_app", workers=args.workers, host=args.host, port=args.port,
+                  log_level=args.log_level, access_log=args.access_log, drain_seconds=args.drain_seconds,
+                  limits=limits)
     return 0
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
+    from gateway.runtime import registry_problems
     from policies.loader import check_policy
 
-    problems = check_policy(args.file)
+    problems = check_policy(args.file) + registry_problems()
     if problems:
         for problem in problems:
             print(f"{args.file}: {problem}")

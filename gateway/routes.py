@@ -5,17 +5,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from gateway.auth.principal import principal_of
+from gateway.core.embeddings_protocol import EmbeddingRequest, EmbeddingResponse
+from gateway.core.errors import ModelNotFoundError
 from gateway.core.protocol import (
     ERROR_RESPONSES,
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    ModelCard,
     ModelList,
     now,
 )
+from gateway.core.responses_protocol import ResponsesRequest
 from gateway.serving.chat import create_chat_completion
 from gateway.serving.completions import create_completion
+from gateway.serving.embeddings import create_embeddings
+from gateway.serving.responses import create_response
 from gateway.state import get_state
 
 ERRORS = ERROR_RESPONSES
@@ -36,15 +43,32 @@ def build_router() -> APIRouter:
     async def completions(body: CompletionRequest, request: Request) -> Response:
         return await create_completion(body, request)
 
-    @router.get("/v1/models", response_model=ModelList)
-    async def models(request: Request) -> ModelList:
+    @router.post("/v1/embeddings", response_model=None, responses={200: {"model": EmbeddingResponse}, **ERRORS})
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        return await create_embeddings(body, request)
+
+    @router.post("/v1/responses", response_model=None, responses={200: {"content": SSE_CONTENT}, **ERRORS})
+    async def responses(body: ResponsesRequest, request: Request) -> Response:
+        return await create_response(body, request)
+
+    def visible_models(request: Request) -> list[ModelCard]:
         state = get_state(request)
         created = int(state.started_at)
-        allowed = tuple(getattr(request.state, "key_models", ()))  # a virtual key sees only its models
-        return ModelList.model_validate({"data": [
-            {"id": name, "created": created, "owned_by": f"slm-gateway:{strategy.config.type}"}
-            for name, strategy in state.runtime.strategies.items() if not allowed or name in allowed
-        ]})
+        principal = principal_of(request)
+        allowed = principal.allowed_models if principal is not None else ()  # a key sees only its models
+        return [ModelCard(id=name, created=created, owned_by=f"slm-gateway:{strategy.config.type}")
+                for name, strategy in state.runtime.strategies.items() if not allowed or name in allowed]
+
+    @router.get("/v1/models", response_model=ModelList)
+    async def models(request: Request) -> ModelList:
+        return ModelList(data=visible_models(request))
+
+    @router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
+    async def model(model_id: str, request: Request) -> ModelCard:
+        for card in visible_models(request):
+            if card.id == model_id:
+                return card
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist", param="model")
 
     @router.get("/health")
     async def health() -> dict[str, str]:

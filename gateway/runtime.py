@@ -14,12 +14,13 @@ from typing import Any
 
 from gateway.backends.registry import BackendRegistry
 from gateway.core.backend import Backend
+from gateway.core.config import Price
 from gateway.core.errors import ModelNotFoundError
 from gateway.core.strategy import GatewayResources, Strategy
+from gateway.reliability.fallback import FallbackChain
 from gateway.reliability.guarded import GuardedBackend
-from policies.schema import BackendConfig, Policy
-from routers.fallback import FallbackChain
-from routers.registry import load_builtin_strategies
+from policies.schema import BackendConfig, Policy, StrategyConfig
+from routers.registry import StrategyRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +38,16 @@ class PolicyRuntime:
         self.policy = policy
         self.backends = dict(backends)
         self.strategies = dict(strategies)
+        reference = policy.backends.get(policy.gateway.reference_llm or "")
+        # The "always the LLM" counterfactual's price, looked up once per policy, not per request.
+        self.reference_price: Price | None = reference.price if reference is not None else None
 
     @classmethod
-    async def start(cls, policy: Policy, reuse: PolicyRuntime | None = None) -> PolicyRuntime:
+    async def start(
+        cls, policy: Policy, reuse: PolicyRuntime | None = None, *, threads: int | None = None
+    ) -> PolicyRuntime:
+        """Build and start everything ``policy`` declares; ``threads`` is the process's thread
+        setting for in-process models (``SLM_GATEWAY_THREADS``), None to let each measure."""
         backends: dict[str, Backend] = {}
         registry = BackendRegistry(BackendConfig)
         for name, config in policy.backends.items():
@@ -53,16 +61,16 @@ class PolicyRuntime:
                 backends[name] = GuardedBackend(getattr(old, "inner", old), config.timeouts, config.retry,
                                                 config.circuit_breaker)
                 continue
-            backend = build_backend(name, config, registry)
+            backend = build_backend(name, config.with_process_threads(threads), registry)
             await backend.start()
             backends[name] = backend
         prices = {name: config.price for name, config in policy.backends.items()}
         resources = GatewayResources(backends=backends, prices=prices)
-        strategy_registry = load_builtin_strategies()
-        strategies: dict[str, Strategy[Any]] = {}
-        for public, strategy_config in policy.models.items():
-            strategy_class = strategy_registry.get(strategy_config.type)
-            strategies[public] = strategy_class(public, strategy_config, resources)
+        strategy_registry = StrategyRegistry(StrategyConfig)
+        strategies: dict[str, Strategy[Any]] = {
+            public: strategy_registry.build(public, strategy_config, resources)
+            for public, strategy_config in policy.models.items()
+        }
         resources.strategies.update(strategies)
         for strategy in strategies.values():
             await strategy.start()
@@ -102,3 +110,10 @@ def _same_source(old: BackendConfig, new: BackendConfig) -> bool:
     """Same backend apart from settings the reliability wrapper alone applies."""
     wrapper_only = set(type(new).wrapper_settings)
     return type(old) is type(new) and old.model_dump(exclude=wrapper_only) == new.model_dump(exclude=wrapper_only)
+
+
+def registry_problems() -> list[str]:
+    """What ``slm-gateway policy check`` adds to a file's own problems: every backend kind and
+    strategy of the policy unions must resolve to its implementation (which imports them all,
+    torch included: a check, not the request path)."""
+    return BackendRegistry(BackendConfig).check() + StrategyRegistry(StrategyConfig).check()

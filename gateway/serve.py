@@ -26,6 +26,9 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
+from gateway.http_protocol import limited_config
+from gateway.reliability.settings import HttpLimits
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,10 +69,25 @@ class DrainingServer(uvicorn.Server):
 
 def serve_draining(
     app: FastAPI, *, host: str, port: int, log_level: str, access_log: bool, drain_seconds: float,
+    limits: HttpLimits | None = None,
 ) -> None:
     """Serve ``app`` in this process with the draining shutdown described above."""
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=access_log,
+    config = limited_config(
+        app, limits or HttpLimits(), host=host, port=port, log_level=log_level, access_log=access_log,
         timeout_graceful_shutdown=max(1, int(drain_seconds)),
     )
     DrainingServer(config, app, drain_seconds).run()
+
+
+def serve_workers(
+    app_path: str, *, workers: int, host: str, port: int, log_level: str, access_log: bool, drain_seconds: float,
+    limits: HttpLimits | None = None,
+) -> None:
+    """``uvicorn --workers N`` (a supervisor and N worker processes), with the same HTTP limits."""
+    from uvicorn.supervisors import Multiprocess
+
+    config = limited_config(
+        app_path, limits or HttpLimits(), factory=True, workers=workers, host=host, port=port, log_level=log_level,
+        access_log=access_log, timeout_graceful_shutdown=max(1, int(drain_seconds)),
+    )
+    Multiprocess(config, sockets=[config.bind_socket()]).run()

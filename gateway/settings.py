@@ -6,9 +6,14 @@ down explicitly; nothing reads the environment on the request path.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gateway.reliability.settings import ReliabilitySettings
+
+logger = logging.getLogger(__name__)
 
 
 def _default_data_dir() -> Path:
@@ -23,10 +28,13 @@ class GatewaySettings:
     data_dir: Path = field(default_factory=_default_data_dir)
     admin_key: str | None = None
     drain_seconds: float = 20.0
-    # torch intra-op threads for in-process models; None leaves torch's default (one per core).
-    # In a container with a CPU limit, or beside other busy processes, set it to the cores this
-    # process really gets: oversubscribed OpenMP threads spin and stall (measured 5x slower).
-    torch_threads: int | None = None
+    # Threads of in-process models, both engines (SLM_GATEWAY_THREADS; a backend's own ``threads:``
+    # wins). None: the cores the process really gets (affinity ∩ cgroup quota), and when that is
+    # more than one, whichever of 1 or all decodes faster at start-up — oversubscribed threads spin
+    # and stall (measured up to 20x slower on a busy 2-core box). See docs/engines.md.
+    threads: int | None = None
+    # Connection pools, header limits, the journal, /metrics and /docs access (gateway/reliability/settings.py).
+    reliability: ReliabilitySettings = field(default_factory=ReliabilitySettings)
 
     @classmethod
     def from_env(cls, policy_path: str | Path | None = None) -> GatewaySettings:
@@ -38,8 +46,17 @@ class GatewaySettings:
             data_dir=Path(data_dir) if data_dir else _default_data_dir(),
             admin_key=os.environ.get("SLM_GATEWAY_ADMIN_KEY") or None,
             drain_seconds=float(os.environ.get("SLM_GATEWAY_DRAIN_SECONDS", "20")),
-            torch_threads=_positive_int("SLM_GATEWAY_TORCH_THREADS"),
+            threads=_thread_setting(),
+            reliability=ReliabilitySettings.from_env(),
         )
+
+
+def _thread_setting() -> int | None:
+    threads = _positive_int("SLM_GATEWAY_THREADS")
+    legacy = _positive_int("SLM_GATEWAY_TORCH_THREADS")
+    if legacy is not None:
+        logger.warning("SLM_GATEWAY_TORCH_THREADS is deprecated: use SLM_GATEWAY_THREADS (both engines)")
+    return threads if threads is not None else legacy
 
 
 def _positive_int(name: str) -> int | None:

@@ -19,9 +19,13 @@ T = TypeVar("T")
 
 
 class SQLiteWorker:
-    def __init__(self, path: Path, schema: str, *, thread_name: str, pragmas: Sequence[str] = ()) -> None:
+    def __init__(
+        self, path: Path, schema: str, *, thread_name: str, pragmas: Sequence[str] = (),
+        migrate: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> None:
         self.path = path
         self._schema = schema
+        self._migrate = migrate  # run once per connection, after the schema script
         self._pragmas = tuple(pragmas)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._connection: sqlite3.Connection | None = None
@@ -41,6 +45,8 @@ class SQLiteWorker:
         for pragma in self._pragmas:
             connection.execute(f"PRAGMA {pragma}")
         connection.executescript(self._schema)
+        if self._migrate is not None:
+            self._migrate(connection)
         return connection
 
     async def close(self) -> None:

@@ -33,8 +33,8 @@ from gateway.runtime import PolicyRuntime
 from loadtests.bench_report import machine_line, write_section
 from loadtests.processes import ServerProcess, free_port
 from policies.loader import load_policy
-from routers.cascade.calibration import CalibrationTarget, calibrate
-from routers.cascade.evaluation import (
+from routers.cascade.offline.calibration import CalibrationTarget, calibrate
+from routers.cascade.offline.evaluation import (
     BackendAnswer,
     ask_backend,
     ask_cascade,
@@ -43,7 +43,7 @@ from routers.cascade.evaluation import (
     run_evaluation,
     scorer_auroc,
 )
-from routers.cascade.labelled import load_labelled
+from routers.cascade.offline.labelled import load_labelled
 from routers.cascade.scorers import SCORERS
 
 REPO = Path(__file__).resolve().parent.parent

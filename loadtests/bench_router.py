@@ -26,9 +26,10 @@ import numpy.typing as npt
 
 from loadtests.bench_report import machine_line, write_section
 from routers.learned.classifiers import ClassifierKind, fit_classifier
-from routers.learned.data import LabelledSet, LabelRule, load_labelled
-from routers.learned.embedder import Embedder, embed_cached
-from routers.learned.metrics import RouterMetrics, random_router_metrics, router_metrics
+from routers.learned.embedder import Embedder
+from routers.learned.offline.data import LabelledSet, LabelRule, load_labelled
+from routers.learned.offline.embedding_cache import embed_cached
+from routers.learned.offline.metrics import RouterMetrics, random_router_metrics, router_metrics
 
 DATA = Path("/work/shared/data")
 Index = npt.NDArray[np.intp]

@@ -29,8 +29,8 @@ from gateway.core.backend import (
 from gateway.core.strategy import ChatRequestView, GatewayResources
 from loadtests.bench_report import machine_line, write_section
 from policies.loader import load_policy
-from policies.strategies import RulesStrategy
 from routers.privacy.guard import inspect_request, redact_request
+from routers.rules.config import RulesStrategy
 from routers.rules.strategy import Rules
 
 EXAMPLE_POLICY = Path(__file__).resolve().parent.parent / "policies" / "examples" / "rules.yaml"

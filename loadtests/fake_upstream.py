@@ -4,7 +4,9 @@ A raw ASGI app (no framework) so that, when the gateway's overhead is measured a
 fake itself costs as little CPU as possible. Knobs: time to first token, tokens per second,
 completion length, 5xx error rate. Serves POST /v1/chat/completions and /v1/completions (stream
 and non-stream, usage included, ``stream_options.include_usage`` honoured, logprobs when asked),
-GET /v1/models, GET /health. With ``record`` on it keeps every request (path, headers, body):
+POST /v1/embeddings, GET /v1/models, GET /health. Chat requests with tools, a response_format
+or a refusal marker get scripted agent answers (``loadtests.fake_agent_payloads``).
+With ``record`` on it keeps every request (path, headers, body):
 GET /_recorded returns them, DELETE /_recorded clears them, and ``--record FILE`` appends JSONL.
 
     python -m loadtests.fake_upstream --port 9100 --ttft-ms 0 --tokens-per-s 0   # 0 = instant
@@ -27,6 +29,7 @@ from typing import Any
 
 import orjson
 
+from loadtests.fake_agent_payloads import agent_full, agent_plan, agent_stream, embeddings_response
 from loadtests.fake_payloads import error_body, full_response, models_body, plan_generation, stream_events
 
 Scope = MutableMapping[str, Any]
@@ -85,6 +88,8 @@ class FakeUpstream:
             await self._generate("chat", scope, receive, send)
         elif method == "POST" and path in ("/v1/completions", "/completions"):
             await self._generate("completion", scope, receive, send)
+        elif method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            await self._generate("embeddings", scope, receive, send)
         elif method == "GET" and path in ("/v1/models", "/models"):
             await _respond(send, 200, models_body(self.config.models, int(time.time())))
         elif method == "GET" and path in ("/health", "/ready"):
@@ -113,7 +118,21 @@ class FakeUpstream:
             injected = error_body(cfg.error_status, "fake upstream injected error")
             await _respond(send, cfg.error_status, injected)
             return
+        if kind == "embeddings":
+            await _respond(send, 200, orjson.dumps(embeddings_response(body)))
+            return
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
+        plan = agent_plan(body) if kind == "chat" and (body.get("tools") or body.get("response_format")
+                                                       or "REFUSE" in raw.decode(errors="replace")) else None
+        if plan is not None:  # tools, structured output, refusal: scripted (loadtests.fake_agent_payloads)
+            response_id = f"{prefix}-fake{next(self._ids)}"
+            if not body.get("stream"):
+                await _respond(send, 200, orjson.dumps(agent_full(plan, body, response_id, int(time.time()))))
+                return
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+            events = b"".join(agent_stream(plan, body, response_id, int(time.time())))
+            await send({"type": "http.response.body", "body": events, "more_body": False})
+            return
         gen = plan_generation(kind, body, response_id=f"{prefix}-fake{next(self._ids)}",
                               created=int(time.time()), completion_tokens=cfg.completion_tokens)
         if not body.get("stream"):

@@ -13,9 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from policies.cascade import CascadeStrategy
 from policies.schema import Policy
-from policies.strategies import LearnedStrategy
 
 DEFAULT_POLICY_NAME = "default.yaml"
 
@@ -65,7 +63,7 @@ def reference_problems(policy: Policy) -> list[str]:
             if model not in policy.models:
                 problems.append(f"models.{public}: unknown model {model!r} (known: {sorted(policy.models)})")
         # Targets that may name either a backend or a model (rules' bare target names).
-        for target in getattr(strategy, "referenced_targets", list)():
+        for target in strategy.referenced_targets():
             if target not in policy.backends and target not in policy.models:
                 problems.append(f"models.{public}: {target!r} is neither a backend nor a model")
     problems.extend(_fallback_problems(policy))
@@ -130,21 +128,11 @@ def load_policy(path: str | Path | None = None) -> Policy:
     return anchor_paths(parse_policy(data, str(file)), file.parent)
 
 
-def _anchored(path: str, base: Path) -> str:
-    expanded = Path(path).expanduser()
-    return str(expanded if expanded.is_absolute() else base / expanded)
-
-
 def anchor_paths(policy: Policy, base: Path) -> Policy:
-    """Relative ``router_dir``s resolve against the policy file's directory, not the process's
-    working directory: the same file works from ``slm-gateway serve`` anywhere, a container, or CI."""
-    models = dict(policy.models)
-    for name, model in policy.models.items():
-        if isinstance(model, LearnedStrategy):
-            models[name] = model.model_copy(update={"router_dir": _anchored(model.router_dir, base)})
-        elif isinstance(model, CascadeStrategy) and model.router is not None:
-            router = model.router.model_copy(update={"router_dir": _anchored(model.router.router_dir, base)})
-            models[name] = model.model_copy(update={"router": router})
+    """Relative paths in strategy configs (``router_dir``) resolve against the policy file's
+    directory, not the process's working directory: the same file works from ``slm-gateway
+    serve`` anywhere, a container, or CI. Each config knows its own paths (``anchored``)."""
+    models = {name: model.anchored(base) for name, model in policy.models.items()}
     return policy.model_copy(update={"models": models})
 
 

@@ -6,7 +6,10 @@ routing strategy chosen by its ``type`` tag. Unknown keys are rejected everywher
 (``extra="forbid"``); secrets are referenced by environment-variable name, never stored.
 
 Each backend kind's configuration lives in its own folder (``gateway/backends/<kind>/config.py``)
-and each strategy's in :mod:`policies.strategies`; this module unites them in one document.
+and each strategy's in its own (``routers/<strategy>/config.py``); this module unites them in
+one document. The two unions below are also the registries' tables: a config class's
+``type`` tag and ``implementation`` are read off it (``gateway/backends/registry.py``,
+``routers/registry.py``), so adding a kind is its folder plus one line here (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -15,12 +18,33 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
+from gateway.backends.echo.config import EchoBackend
+from gateway.backends.embedding.config import EmbeddingBackend
 from gateway.backends.local.config import LocalBackend
 from gateway.backends.openai.config import OpenAIBackend
 from gateway.core.config import StrictModel
-from policies.strategies import StrategyConfig
+from routers.cascade.config import CascadeStrategy
+from routers.learned.config import LearnedStrategy
+from routers.rules.config import RulesStrategy
+from routers.speculative.config import SpeculativeStrategy
+from routers.static.config import StaticStrategy
 
-BackendConfig = Annotated[LocalBackend | OpenAIBackend, Field(discriminator="type")]
+BackendConfig = Annotated[
+    LocalBackend
+    | OpenAIBackend
+    | EchoBackend
+    | EmbeddingBackend,
+    Field(discriminator="type"),
+]
+
+StrategyConfig = Annotated[
+    StaticStrategy
+    | RulesStrategy
+    | LearnedStrategy
+    | CascadeStrategy
+    | SpeculativeStrategy,
+    Field(discriminator="type"),
+]
 
 
 class GatewaySection(StrictModel):

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from gateway.core.backend import GenerationDone
+from gateway.core.config import split_target
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, StrategyEvent
-from policies.strategies import split_target
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +48,6 @@ async def answer_from(
         return
     async for generated in ctx.call_chat(target.name, request.messages, request.params):
         if isinstance(generated, GenerationDone):
-            yield AnswerDone(generated.finish_reason, generated.prompt_tokens, generated.completion_tokens,
-                             generated.model)
+            yield AnswerDone.of(generated)
         else:
             yield generated

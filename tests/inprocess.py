@@ -10,6 +10,7 @@ from typing import Any
 import uvicorn
 import yaml
 
+from gateway.accounting.journal import Settlement
 from gateway.app import build_app
 from gateway.core.record import RequestRecord
 from gateway.settings import GatewaySettings
@@ -25,8 +26,11 @@ class RecordingSink:
     async def start(self) -> None:
         return None
 
-    async def submit(self, record: RequestRecord) -> None:
+    async def submit(self, record: RequestRecord, settle: Settlement | None = None) -> None:
         self.records.append(record)
+
+    def settled(self, request_id: str) -> None:
+        return None
 
     async def close(self) -> None:
         return None

@@ -18,9 +18,10 @@ from gateway.core.backend import (
 )
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy
-from policies.strategies import RulesStrategy, StaticStrategy
+from routers.rules.config import RulesStrategy
 from routers.rules.strategy import Rules
-from routers.static import Static
+from routers.static.config import StaticStrategy
+from routers.static.strategy import Static
 
 CARD = "4111 1111 1111 1111"
 EMAIL = "jane.roe@example.com"

@@ -1,12 +1,25 @@
-"""finalize_record's arithmetic, checked against prices by hand."""
+"""finalize_record's arithmetic, checked against prices by hand, and the one place calls are priced."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
 from gateway.accounting.finalize import finalize_record
+from gateway.core.backend import (
+    Backend,
+    ChatMessage,
+    CompletionPrompt,
+    GenerationDone,
+    GenerationEvent,
+    SamplingParams,
+    TokenChunk,
+)
 from gateway.core.config import Price
 from gateway.core.record import CallRecord, RequestRecord
+from gateway.core.strategy import GatewayResources, RequestContext
 
 SLM = Price(input_per_1m=0.10, output_per_1m=0.20)
 LLM = Price(input_per_1m=2.50, output_per_1m=10.00)
@@ -79,13 +92,41 @@ def test_failed_call_is_still_billed_and_no_reference_means_no_savings() -> None
     assert (record.prompt_tokens, record.completion_tokens) == (0, 0)
 
 
-def test_prices_reprice_calls_left_unpriced() -> None:
-    unpriced = call("llm", LLM, 31, 5)
-    unpriced.cost_usd = 0.0  # its recorder never reached the pricing step
-    record = RequestRecord("r6", "llm", "chat", stream=True, route="llm",
-                           prompt_tokens=31, completion_tokens=5)
-    record.calls = [unpriced, call("slm", SLM, 31, 2, used=False)]
-    finalize_record(record, LLM, {"llm": LLM, "slm": SLM})
-    assert record.calls[0].cost_usd == pytest.approx((31 * 2.5 + 5 * 10) / 1e6)
-    assert record.cost_usd == pytest.approx((31 * 2.5 + 5 * 10 + 31 * 0.1 + 2 * 0.2) / 1e6)
-    assert isinstance(record.wasted_cost_usd, float)
+class TwoTokens(Backend):
+    """A scripted backend (pricing logic only): two tokens, then usage 31 prompt / 2 completion."""
+
+    @property
+    def model_name(self) -> str:
+        return "two"
+
+    async def stream_chat(self, messages: Sequence[ChatMessage], params: SamplingParams
+                          ) -> AsyncIterator[GenerationEvent]:
+        yield TokenChunk("a", token_ids=(1,))
+        yield TokenChunk("b", token_ids=(2,))
+        yield GenerationDone("stop", 31, 2, "two")
+
+    def stream_completion(self, prompt: CompletionPrompt, params: SamplingParams) -> AsyncIterator[GenerationEvent]:
+        raise NotImplementedError
+
+
+def test_each_call_is_priced_once_when_it_ends_and_finalize_only_sums() -> None:
+    async def scenario() -> RequestRecord:
+        record = RequestRecord("r6", "llm", "chat", stream=True, route="llm")
+        ctx = RequestContext(record, GatewayResources(backends={"llm": TwoTokens("llm")}, prices={"llm": LLM}))
+        answered = ctx.call_chat("llm", [ChatMessage(role="user", content="hi")], SamplingParams())
+        async for event in answered:
+            if isinstance(event, GenerationDone):
+                break  # left suspended after its last event: priced all the same
+        cut = ctx.call_chat("llm", [ChatMessage(role="user", content="hi")], SamplingParams())
+        await anext(cut)
+        await cut.aclose()  # cut short after one token (client gone): priced for what it used
+        return record
+
+    record = asyncio.run(scenario())
+    answered, cut = record.calls
+    assert answered.cost_usd == pytest.approx((31 * 2.5 + 2 * 10) / 1e6)
+    assert cut.completion_tokens == 1 and cut.cost_usd == pytest.approx(10 / 1e6)
+    costs = [c.cost_usd for c in record.calls]
+    finalize_record(record, LLM)
+    assert [c.cost_usd for c in record.calls] == costs  # not priced a second time
+    assert record.cost_usd == pytest.approx(sum(costs))

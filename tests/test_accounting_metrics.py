@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.accounting.finalize import finalize_record
 from gateway.accounting.metrics import GatewayMetrics
-from gateway.accounting.report_cli import register
+from gateway.accounting.offline.report_cli import register
 from gateway.accounting.service import build_accounting
 from gateway.core.config import Price
 from gateway.core.record import CallRecord

@@ -13,11 +13,11 @@ import yaml
 
 from gateway.cli import main
 from gateway.runtime import PolicyRuntime
-from policies.cascade import CascadeStrategy
 from policies.loader import check_policy, load_policy
 from routers.cascade.calibration import apply_calibration
-from routers.cascade.evaluation import BackendAnswer, ask_backend
-from routers.cascade.labelled import load_labelled
+from routers.cascade.config import CascadeStrategy
+from routers.cascade.offline.evaluation import BackendAnswer, ask_backend
+from routers.cascade.offline.labelled import load_labelled
 from routers.cascade.scorers import SCORERS
 
 # Answers SmolLM2-135M gets right and wrong: the file needs both for a calibration to exist.

@@ -15,8 +15,8 @@ import yaml
 
 from gateway.runtime import PolicyRuntime
 from policies.loader import load_policy
-from routers.cascade.evaluation import ask_cascade, evaluation_metrics, run_evaluation
-from routers.cascade.labelled import answer_letter, load_labelled
+from routers.cascade.offline.evaluation import ask_cascade, evaluation_metrics, run_evaluation
+from routers.cascade.offline.labelled import answer_letter, load_labelled
 from routers.cascade.scorers import SCORERS
 from tests.gateway_process import GatewayProcess
 

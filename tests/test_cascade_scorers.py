@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 
 from gateway.core.backend import TokenLogprob, TopLogprob
-from policies.cascade import EarlyExit
-from routers.cascade.calibration import (
-    CalibrationTarget,
-    apply_calibration,
-    fit_isotonic,
-    pick_threshold,
-    reliability_bins,
-)
+from routers.cascade.calibration import apply_calibration
+from routers.cascade.config import EarlyExit
 from routers.cascade.monitor import RunningCheck
+from routers.cascade.offline.calibration import CalibrationTarget, fit_isotonic, pick_threshold, reliability_bins
 from routers.cascade.scorers import SCORERS, first_token_margin, mean_margin, neg_entropy, quantile_logprob
 
 
@@ -90,7 +85,7 @@ def test_isotonic_calibration_is_monotone_and_meets_targets() -> None:
 def test_cascade_config_is_validated() -> None:
     from pydantic import ValidationError
 
-    from policies.cascade import CascadeStrategy
+    from routers.cascade.config import CascadeStrategy
 
     tiers = [{"backend": "slm", "threshold": 0.5}, {"backend": "llm"}]
     assert CascadeStrategy.model_validate({"type": "cascade", "tiers": tiers}).referenced_backends() == ["slm", "llm"]

@@ -103,7 +103,7 @@ def test_disabled_parts_render_nothing(chart: Any) -> None:
 
 
 def test_gateway_deployment_contract(chart: Any) -> None:
-    values = {"gateway": {"drainSeconds": 45, "preStopSleepSeconds": 7, "replicaCount": 3, "torchThreads": 2}}
+    values = {"gateway": {"drainSeconds": 45, "preStopSleepSeconds": 7, "replicaCount": 3, "threads": 2}}
     deployment = only(render(chart, values), "Deployment", FULLNAME)
     spec = deployment["spec"]
     pod = spec["template"]["spec"]
@@ -116,7 +116,8 @@ def test_gateway_deployment_contract(chart: Any) -> None:
     env = env_of(gateway)
     assert env["SLM_GATEWAY_POLICY"]["value"] == "/etc/slm-gateway/policy.yaml"
     assert env["SLM_GATEWAY_DRAIN_SECONDS"]["value"] == "45"
-    assert env["SLM_GATEWAY_TORCH_THREADS"]["value"] == "2"
+    assert env["SLM_GATEWAY_THREADS"]["value"] == "2"
+    assert "SLM_GATEWAY_TORCH_THREADS" not in env  # the one thread setting of both engines
     assert env["REDIS_URL"]["value"] == f"redis://{FULLNAME}-redis:6379/0"
     assert gateway["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert gateway["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
@@ -131,8 +132,14 @@ def test_gateway_deployment_contract(chart: Any) -> None:
 def test_default_grace_matches_default_drain(chart: Any) -> None:
     deployment = only(render(chart, {}), "Deployment")
     assert env_of(container(deployment, "gateway"))["SLM_GATEWAY_DRAIN_SECONDS"]["value"] == "20"
-    assert "SLM_GATEWAY_TORCH_THREADS" not in env_of(container(deployment, "gateway"))  # torch's default
+    assert "SLM_GATEWAY_THREADS" not in env_of(container(deployment, "gateway"))  # the gateway's own default
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5 + 20 + 10
+
+
+def test_renamed_torch_threads_value_is_refused(chart: Any) -> None:
+    """`gateway.torchThreads` became `gateway.threads` (both engines): an old values file fails loudly."""
+    with pytest.raises(helm.HelmValuesError, match="additional properties"):
+        render_files(chart, {"gateway": {"torchThreads": 2}})
 
 
 def test_hpa_takes_over_replicas(chart: Any) -> None:

@@ -93,7 +93,9 @@ def test_upstream_key_never_leaks(gateway: GatewayProcess, leaky: tuple[str, Lea
         seen.append(_texts(response))
     assert any(f"Bearer {SENTINEL}" == a for a in leaky[1].authorizations)  # the upstream got the key
     time.sleep(1.0)  # let the accounting writer flush the records to the data dir
-    seen.append(httpx.get(f"{gateway.url}/metrics", timeout=10).text)
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=admin_headers(), timeout=10)  # admin-only with auth on
+    assert metrics.status_code == 200
+    seen.append(metrics.text)
     seen.append(httpx.get(f"{gateway.url}/v1/gateway/usage?group_by=backend", headers=admin_headers(),
                           timeout=10).text)
     seen.append(gateway.log_path.read_text(errors="replace"))

@@ -92,3 +92,31 @@ def serve_asgi(app: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+FALLBACK_OUTPUT_PER_1M = 20.0  # 10 output tokens (max_tokens=10) cost $0.0002 on the paid fallback
+
+
+def dead_url() -> str:
+    """A loopback address nobody listens on: connecting fails at once (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def fallback_policy(upstream_url: str, dead: str) -> dict[str, Any]:
+    """``primary``: a free backend that is down; its fallback ``paid`` is a priced upstream."""
+    quick = {"connect": 1.0, "first_token": 5.0, "total": 20.0, "idle": 5.0}
+    return {
+        "version": 1,
+        "backends": {
+            "free-dead": {"type": "openai", "base_url": f"{dead}/v1", "model": "m", "timeouts": quick,
+                          "price": {"input_per_1m": 0.0, "output_per_1m": 0.0},
+                          "retry": {"max_attempts": 1}},
+            "paid": {"type": "openai", "base_url": f"{upstream_url}/v1", "model": "fake-model", "timeouts": quick,
+                     "price": {"input_per_1m": 0.0, "output_per_1m": FALLBACK_OUTPUT_PER_1M}},
+        },
+        "models": {"primary": {"type": "static", "backend": "free-dead"},
+                   "paid": {"type": "static", "backend": "paid"}},
+        "fallbacks": {"primary": ["paid"]},
+    }

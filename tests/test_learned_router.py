@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 from pydantic import TypeAdapter
 
-from policies.strategies import LearnedStrategy, StrategyConfig
-from routers.learned.cli import main as router_cli
-from routers.learned.data import load_labelled
-from routers.learned.embedder import Embedder, bundled_model_dir, embed_cached
+from policies.schema import StrategyConfig
+from routers.learned.config import LearnedStrategy
+from routers.learned.embedder import Embedder, bundled_model_dir
+from routers.learned.offline.cli import main as router_cli
+from routers.learned.offline.data import load_labelled
+from routers.learned.offline.embedding_cache import embed_cached
+from routers.learned.offline.training import ThresholdTarget, threshold_for_escalation, train_router
 from routers.learned.router import LearnedRouter
-from routers.learned.training import ThresholdTarget, threshold_for_escalation, train_router
 
 HARD = [
     "Evaluate the contour integral of exp(z)/(z^{k}+1) around the circle |z|=3 using residues.",

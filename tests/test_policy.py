@@ -12,9 +12,9 @@ import httpx
 import pytest
 import yaml
 
-from policies.cascade import CascadeStrategy
 from policies.loader import PolicyError, check_policy, load_policy, parse_policy
-from policies.strategies import LearnedStrategy
+from routers.cascade.config import CascadeStrategy
+from routers.learned.config import LearnedStrategy
 from tests.gateway_process import REPO, GatewayProcess, smollm2_policy
 
 SHIPPED = sorted((REPO / "policies").rglob("*.yaml"))

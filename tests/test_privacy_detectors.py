@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policies.strategies import PrivacyPolicy
+from routers.privacy.config import PrivacyPolicy
 from routers.privacy.detectors import (
     DETECTOR_NAMES,
     Span,

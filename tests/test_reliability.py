@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -34,11 +35,11 @@ from gateway.core.errors import (
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from gateway.reliability.circuit import CircuitBreaker
-from gateway.reliability.guarded import CLIENT_STREAMING, GuardedBackend
+from gateway.reliability.fallback import FALLBACK_HEADER, FallbackChain
+from gateway.reliability.guarded import GuardedBackend
 from gateway.reliability.retry import backoff_s, is_retryable
 from policies.loader import PolicyError, parse_policy
-from policies.strategies import StaticStrategy
-from routers.fallback import FALLBACK_HEADER, FallbackChain
+from routers.static.config import StaticStrategy
 
 MESSAGES = [ChatMessage(role="user", content="hi")]
 PARAMS = SamplingParams(max_tokens=4)
@@ -192,10 +193,9 @@ def guarded(scripts: list[list[Any]], *, first_token: float = 2.0, total: float 
     )
 
 
-async def drain(backend: Backend, streaming: bool | None = None) -> list[GenerationEvent]:
-    if streaming is not None:
-        CLIENT_STREAMING.set(streaming)
-    return [event async for event in backend.stream_chat(MESSAGES, PARAMS)]
+async def drain(backend: Backend, streaming: bool = False) -> list[GenerationEvent]:
+    params = replace(PARAMS, client_stream=streaming)  # what RequestContext passes for the client
+    return [event async for event in backend.stream_chat(MESSAGES, params)]
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -265,6 +265,23 @@ def test_total_timeout_applies_to_non_streamed_calls_only() -> None:
     assert name == "UpstreamTimeoutError"
     name, _ = asyncio.run(_timed(drain(guarded([slow], total=0.3, idle=1.0), streaming=True)))
     assert name == "ok"
+
+
+def test_the_request_context_tells_the_wrapper_whether_the_client_streams() -> None:
+    """The client's ``stream`` reaches the wrapper explicitly, whatever params the strategy built."""
+    slow = [TokenChunk("a"), 0.15, TokenChunk("b"), 0.15, TokenChunk("c"), 0.15,
+            GenerationDone("stop", 1, 3, "m")]
+    outcomes = {}
+    for stream in (False, True):
+        backend = guarded([slow], total=0.3, idle=1.0)
+        ctx = RequestContext(RequestRecord("r", "m", "chat", stream=stream),
+                             GatewayResources(backends={backend.name: backend}, prices={}))
+
+        async def consume(context: RequestContext = ctx, name: str = backend.name) -> list[GenerationEvent]:
+            return [event async for event in context.call_chat(name, MESSAGES, PARAMS)]
+
+        outcomes[stream] = asyncio.run(_timed(consume()))[0]
+    assert outcomes == {False: "UpstreamTimeoutError", True: "ok"}
 
 
 async def _timed(coro: Awaitable[Any]) -> tuple[str, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from routers.learned.metrics import (
+from routers.learned.offline.metrics import (
     QualityCurve,
     apgr,
     cpt,

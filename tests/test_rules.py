@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from policies.loader import PolicyError, load_policy
-from policies.strategies import RulesStrategy
+from routers.rules.config import RulesStrategy
 from tests.rules_support import EMAIL, REPO, RecordingBackend, answer, build, two_backends, view
 
 # --- rule order and conditions ------------------------------------------------------------

@@ -1,56 +1,86 @@
-"""Slow: the Qwen2.5-Coder 0.5B -> 1.5B pair (../shared/models/fetch-qwen-pair), greedy identity."""
+"""Slow: the Qwen2.5-Coder 0.5B -> 1.5B pair on llama.cpp, greedy identity on HumanEval prompts.
+
+The GGUF files are read from ``SLM_GATEWAY_MODELS`` (default ``~/.cache/slm-gateway/models``),
+where ``../shared/models/fetch-qwen-pair`` (next to the repository) puts them; HumanEval
+prompts from ``../shared/data/humaneval/dev.jsonl``.
+"""
 
 from __future__ import annotations
 
-import subprocess
+import json
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from routers.speculative.acceptance import DraftLength
-from routers.speculative.decoding import Decoding, Speculator, target_greedy
-from routers.speculative.forward import CausalLM
-from routers.speculative.vocab import same_vocabulary
+from gateway.backends.local.backend import LocalModelBackend
+from gateway.core.backend import CompletionPrompt, SamplingParams, TokenChunk
+from gateway.core.record import RequestRecord
+from gateway.core.strategy import GatewayResources, RequestContext
+from policies.loader import PolicyError
+from routers.speculative.config import SpeculativeStrategy
+from routers.speculative.strategy import Speculative
+from tests.gateway_process import REPO
+from tests.local_engine_support import coder_gguf, collect, started
 
-FETCH = Path("/work/shared/models/fetch-qwen-pair")
+pytestmark = pytest.mark.slow
+
+SHARED = REPO.parent / "shared"
+HUMANEVAL = SHARED / "data" / "humaneval" / "dev.jsonl"
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is missing (fetch it with {SHARED / 'models' / 'fetch-qwen-pair'})")
+    return path
 
 
 @pytest.fixture(scope="module")
-def qwen_pair() -> tuple[Any, Any, Any]:
-    if not FETCH.exists():
-        pytest.skip("fetch-qwen-pair is not available")
-    paths = subprocess.run([str(FETCH)], capture_output=True, text=True, check=True, timeout=900).stdout.split()
-    from gateway.backends.local.loader import load_model
-
-    small = next(p for p in paths if "0.5b" in p)
-    large = next(p for p in paths if "1.5b" in p)
-    draft, draft_tokenizer = load_model(small)
-    target, tokenizer = load_model(large)
-    assert same_vocabulary(draft_tokenizer, tokenizer)
-    return target, draft, tokenizer
+async def pair() -> AsyncIterator[tuple[LocalModelBackend, LocalModelBackend]]:
+    async with started("llamacpp", str(require(coder_gguf("1.5b"))), context_length=4096) as large, \
+            started("llamacpp", str(require(coder_gguf("0.5b"))), context_length=4096) as small:
+        yield large, small
 
 
-@pytest.mark.slow
+def humaneval_prompts(count: int) -> list[str]:
+    lines = require(HUMANEVAL).read_text().splitlines()[:count]
+    return [str(json.loads(line)["prompt"]) for line in lines]
+
+
+def speculative(pair: tuple[LocalModelBackend, LocalModelBackend], **config: object) -> Speculative:
+    large, small = pair
+    spec = SpeculativeStrategy.model_validate({"type": "speculative", "target": "large", **config})
+    return Speculative("spec", spec, GatewayResources(backends={"large": large, "small": small}, prices={}))
+
+
 @pytest.mark.parametrize("adaptive", [False, True])
-def test_qwen_pair_greedy_equals_target_alone(qwen_pair: tuple[Any, Any, Any], adaptive: bool) -> None:
-    target_model, draft_model, tokenizer = qwen_pair
-    eos = {tokenizer.eos_token_id, *([target_model.generation_config.eos_token_id]
-                                     if isinstance(target_model.generation_config.eos_token_id, int)
-                                     else target_model.generation_config.eos_token_id or [])}
-    target, draft = CausalLM(target_model), CausalLM(draft_model)
-    for text in ("Write a Python function that checks whether a number is prime.",
-                 "Write a JavaScript function that reverses an array."):
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                               add_generation_prompt=True)
-        ids = tokenizer.encode(prompt, add_special_tokens=False)
-        reference = target_greedy(target, ids, 32, eos)
-        spec = Speculator(target, draft, ids, eos, Decoding(32), DraftLength(4, 8, adaptive))
-        out: list[int] = []
-        while True:
-            step = spec.step()
-            out += step.tokens
-            if step.finish:
-                break
-        assert out == reference, (tokenizer.decode(out), tokenizer.decode(reference))
-        assert spec.stats.accepted / spec.stats.drafted > 0.3  # a real draft model, not noise
+async def test_coder_pair_greedy_equals_the_target_alone(pair: tuple[LocalModelBackend, LocalModelBackend],
+                                                        adaptive: bool) -> None:
+    large, _ = pair
+    spec = speculative(pair, draft=[{"backend": "small"}, {"ngram": {}}] if adaptive else {"backend": "small"},
+                       k=4, adaptive_k=adaptive)
+    await spec.start()
+    params = SamplingParams(max_tokens=48, temperature=0.0)
+    for prompt in humaneval_prompts(2):
+        ids = await large.token_scorer().tokenize(prompt)  # type: ignore[union-attr]
+        reference = (await collect(large.stream_completion(CompletionPrompt(token_ids=ids), params))).token_ids
+        record = RequestRecord("r", "spec", "/v1/completions", stream=False)
+        out = [t async for e in spec.completion(CompletionPrompt(token_ids=ids), params,
+                                                RequestContext(record, spec.resources))
+               if isinstance(e, TokenChunk) for t in e.token_ids]
+        assert out == reference
+        stats = record.extra["speculative"]
+        if not adaptive:
+            assert stats["acceptance_rate"] > 0.3  # a real draft model, not noise
+            assert stats["target_passes_per_token"] < 0.7
+
+
+async def test_a_draft_with_another_vocabulary_is_refused(pair: tuple[LocalModelBackend, LocalModelBackend]
+                                                          ) -> None:
+    large, _ = pair
+    async with started("llamacpp", "smollm2") as smollm2:
+        config = SpeculativeStrategy.model_validate({"type": "speculative", "target": "large",
+                                                     "draft": {"backend": "smol"}})
+        spec = Speculative("spec", config, GatewayResources(backends={"large": large, "smol": smollm2}, prices={}))
+        with pytest.raises(PolicyError, match="do not share a vocabulary"):
+            await spec.start()

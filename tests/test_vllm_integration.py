@@ -95,9 +95,10 @@ class VLLMServer:
 
 def speculative_registered() -> bool:
     """True once routers/speculative has a registered strategy (it may land after this tier)."""
-    from routers.registry import load_builtin_strategies
+    from policies.schema import StrategyConfig
+    from routers.registry import StrategyRegistry
 
-    return "speculative" in load_builtin_strategies().types()
+    return "speculative" in StrategyRegistry(StrategyConfig).types()
 
 
 def vllm_policy(vllm_url: str, *, speculative: bool = False) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from gateway.accounting.counters import Counters
 from gateway.core.record import CallRecord, RequestRecord
 
 DIMENSIONS = ("route", "model", "backend", "key")
@@ -29,14 +30,9 @@ _CALL_FIELDS = tuple(f.name for f in fields(CallRecord) if f.name != "extra")
 
 
 @dataclass(slots=True)
-class Contribution:
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    savings_usd: float = 0.0
-    escalated: int = 0
-    errors: int = 0
+class Contribution(Counters):
+    """What one record adds to one group: the counters, plus one latency / TTFT sample."""
+
     latency_ms: float | None = None
     ttft_ms: float | None = None
 
@@ -81,26 +77,31 @@ def group_value(record: Mapping[str, Any], dimension: str) -> str:
     raise ValueError(f"no single group value for dimension {dimension!r}")
 
 
+def request_contribution(record: Mapping[str, Any] | RequestRecord) -> Contribution:
+    """What a request adds to its route / model / key groups — the definition of each counter
+    at request level, shared by the stores (stored dicts) and the Prometheus metrics (records)."""
+    get: Any = record.get if isinstance(record, Mapping) else (lambda name: getattr(record, name, None))
+    return Contribution(
+        requests=1,
+        prompt_tokens=int(get("prompt_tokens") or 0),
+        completion_tokens=int(get("completion_tokens") or 0),
+        cost_usd=float(get("cost_usd") or 0.0),
+        savings_usd=float(get("savings_usd") or 0.0),
+        escalated=1 if get("escalated") else 0,
+        errors=0 if (get("status") or "ok") == "ok" else 1,
+        latency_ms=_optional_float(get("latency_ms")),
+        ttft_ms=_optional_float(get("ttft_ms")),
+    )
+
+
 def contributions(record: Mapping[str, Any]) -> dict[str, dict[str, Contribution]]:
     """``{dimension: {group: Contribution}}`` for one stored record dict."""
-    escalated = 1 if record.get("escalated") else 0
-    errors = 0 if record.get("status", "ok") == "ok" else 1
-    savings = float(record.get("savings_usd") or 0.0)
-    request_level = Contribution(
-        requests=1,
-        prompt_tokens=int(record.get("prompt_tokens") or 0),
-        completion_tokens=int(record.get("completion_tokens") or 0),
-        cost_usd=float(record.get("cost_usd") or 0.0),
-        savings_usd=savings,
-        escalated=escalated,
-        errors=errors,
-        latency_ms=_optional_float(record.get("latency_ms")),
-        ttft_ms=_optional_float(record.get("ttft_ms")),
-    )
+    request_level = request_contribution(record)
     result: dict[str, dict[str, Contribution]] = {
         dimension: {group_value(record, dimension): request_level} for dimension in ("route", "model", "key")
     }
-    result["backend"] = _backend_contributions(record, escalated, errors, savings)
+    result["backend"] = _backend_contributions(
+        record, request_level.escalated, request_level.errors, request_level.savings_usd)
     return result
 
 

@@ -6,20 +6,16 @@ record is submitted, so the response headers and the stored record agree on one 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from gateway.core.config import Price
 from gateway.core.record import RequestRecord
 
 
-def finalize_record(
-    record: RequestRecord, reference_price: Price | None, prices: Mapping[str, Price] | None = None
-) -> RequestRecord:
+def finalize_record(record: RequestRecord, reference_price: Price | None) -> RequestRecord:
     """Fill totals, cost, reference cost and savings in place; return the record.
 
-    * With ``prices`` (backend name -> Price), every call is (re)priced from its token counts
-      here, so a call whose recorder never reached its own pricing step (an async generator
-      left suspended after its last event) is still billed.
+    Calls are not priced here: each was priced once, when it ended
+    (:meth:`gateway.core.strategy.RequestContext.price_call`, which a key's per-call budget hold
+    also settles against); the record's figures are sums of those.
 
     * ``cost_usd`` is the sum over ALL upstream calls, used or not: a cascade's discarded
       small-model attempt and a failed call that was billed are real spend.
@@ -38,11 +34,6 @@ def finalize_record(
     * ``savings_usd = reference_cost_usd - cost_usd``; negative when routing cost more (a
       cascade that escalated paid for both attempts).
     """
-    if prices is not None:
-        for call in record.calls:
-            price = prices.get(call.backend)
-            if price is not None:
-                call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens)
     used = [call for call in record.calls if call.used]
     if record.prompt_tokens <= 0 and record.completion_tokens <= 0:
         record.prompt_tokens = next((c.prompt_tokens for c in used if c.prompt_tokens > 0), 0)

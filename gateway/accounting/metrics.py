@@ -10,6 +10,8 @@ Names (all prefixed ``slm_gateway_``)::
     reference_cost_usd_total{route,model}              the "always the LLM" counterfactual
                                                        (savings = reference_cost - cost)
     escalations_total{route,model}
+      (the route/model counters above are the accounting counters that declare a ``metric``
+      in gateway/accounting/counters.py, counted as the usage aggregates count them)
     upstream_calls_total{backend,status,used}
     upstream_tokens_total{backend,kind}                kind = prompt | completion
     upstream_cost_usd_total{backend}
@@ -38,6 +40,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.accounting.counters import COUNTER_FIELDS
+from gateway.accounting.facts import request_contribution
 from gateway.core.record import RequestRecord
 
 OVERFLOW_LABEL = "other"
@@ -72,7 +76,11 @@ class GatewayMetrics:
         self._status = BoundedLabel(max_label_values)
         ns, reg = namespace, self.registry
         rm = ("route", "model")
-        self.requests = Counter("requests", "Client requests", (*rm, "status"), namespace=ns, registry=reg)
+        # name -> (Prometheus counter, extra label names): one per counter that declares a metric.
+        self.counters = {
+            c.name: (Counter(c.metric, c.help, (*rm, *c.labels), namespace=ns, registry=reg), c.labels)
+            for c in COUNTER_FIELDS if c.metric is not None
+        }
         self.latency = Histogram(
             "request_latency_seconds", "Client request latency", rm,
             namespace=ns, registry=reg, buckets=_LATENCY_BUCKETS_S,
@@ -81,15 +89,9 @@ class GatewayMetrics:
             "request_ttft_seconds", "Time to first token", rm,
             namespace=ns, registry=reg, buckets=_LATENCY_BUCKETS_S,
         )
-        self.prompt_tokens = Counter("prompt_tokens", "Answer prompt tokens", rm, namespace=ns, registry=reg)
-        self.completion_tokens = Counter(
-            "completion_tokens", "Answer completion tokens", rm, namespace=ns, registry=reg
-        )
-        self.cost = Counter("cost_usd", "Spend in USD, all upstream calls", rm, namespace=ns, registry=reg)
         self.reference_cost = Counter(
             "reference_cost_usd", "Counterfactual spend on the reference LLM", rm, namespace=ns, registry=reg
         )
-        self.escalations = Counter("escalations", "Escalated requests", rm, namespace=ns, registry=reg)
         self.upstream_calls = Counter(
             "upstream_calls", "Upstream calls", ("backend", "status", "used"), namespace=ns, registry=reg
         )
@@ -113,17 +115,15 @@ class GatewayMetrics:
 
     def observe(self, record: RequestRecord) -> None:
         route, model = self._route(record.route or "unrouted"), self._model(record.public_model)
-        self.requests.labels(route, model, self._status(record.status)).inc()
+        extra = {"status": self._status(record.status)}
+        counted = request_contribution(record)
+        for name, (metric, labels) in self.counters.items():
+            metric.labels(route, model, *(extra[label] for label in labels)).inc(getattr(counted, name))
         self.latency.labels(route, model).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.labels(route, model).observe(record.ttft_ms / 1000)
-        self.prompt_tokens.labels(route, model).inc(record.prompt_tokens)
-        self.completion_tokens.labels(route, model).inc(record.completion_tokens)
-        self.cost.labels(route, model).inc(record.cost_usd)
         if record.reference_cost_usd is not None:
             self.reference_cost.labels(route, model).inc(record.reference_cost_usd)
-        if record.escalated:
-            self.escalations.labels(route, model).inc()
         for call in record.calls:
             backend = self._backend(call.backend)
             status = self._status(call.status)

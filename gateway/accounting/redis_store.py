@@ -23,8 +23,10 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.accounting.buckets import bucket_of
+from gateway.accounting.counters import COUNTER_FIELDS
 from gateway.accounting.facts import DIMENSIONS, Contribution, contributions, minute_of
 from gateway.accounting.store import GroupTotals, StoreUnavailableError
+from gateway.redis_pool import RedisPoolSettings, redis_client
 
 # KEYS: guard, stream, minutes, agg hash per dimension (in DIMENSIONS order).
 # ARGV: guard_ttl, maxlen, request_id, record_json, agg_ttl, minute, minutes_cutoff,
@@ -51,8 +53,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. ARGV[7])
 return 1
 """
 
-_INT_COUNTERS = ("requests", "prompt_tokens", "completion_tokens", "escalated", "errors")
-_FLOAT_COUNTERS = ("cost_usd", "savings_usd")
 
 
 class RedisRecordStore:
@@ -64,15 +64,16 @@ class RedisRecordStore:
         stream_maxlen: int = 1_000_000,
         guard_ttl_s: int = 3 * 86_400,
         aggregate_ttl_s: int = 35 * 86_400,
+        pool: RedisPoolSettings | None = None,
     ) -> None:
         self.url = url
         self.prefix = prefix
         self.stream_maxlen = stream_maxlen
         self.guard_ttl_s = guard_ttl_s
         self.aggregate_ttl_s = aggregate_ttl_s
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=5.0
-        )
+        # A blocking pool: a burst beyond its size waits for a connection instead of failing.
+        self._client: aioredis.Redis = redis_client(url, pool or RedisPoolSettings(), connect_timeout_s=1.0,
+                                                    socket_timeout_s=5.0)
         self._script = self._client.register_script(_WRITE_SCRIPT)
 
     @property
@@ -170,14 +171,14 @@ class RedisRecordStore:
 
 def _increments(key_index: int, group: str, item: Contribution) -> list[str | int | float]:
     out: list[str | int | float] = []
-    for name in _INT_COUNTERS:
-        value = getattr(item, name)
-        if value or name == "requests":
-            out += [key_index, f"{group}|{name}", "i", int(value)]
-    for name in _FLOAT_COUNTERS:
-        value = getattr(item, name)
-        if value:
-            out += [key_index, f"{group}|{name}", "f", repr(float(value))]
+    for counter in COUNTER_FIELDS:  # zeros are skipped; requests (always >= 1) keeps the group
+        value = getattr(item, counter.name)
+        if not value:
+            continue
+        if counter.kind == "int":
+            out += [key_index, f"{group}|{counter.name}", "i", int(value)]
+        else:
+            out += [key_index, f"{group}|{counter.name}", "f", repr(float(value))]
     if item.latency_ms is not None:
         out += [key_index, f"{group}|lat:{bucket_of(item.latency_ms)}", "i", 1]
     if item.ttft_ms is not None:

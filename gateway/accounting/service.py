@@ -7,6 +7,13 @@ later batch follows them there (so order is kept), until a replay — retried wi
 empties the spool; then direct writes resume. When the queue is full, ``submit`` appends the
 record to the spool itself (no drop, no wait). ``close`` drains the queue and flushes: what
 cannot reach the store stays in the spool for the next start, which replays it.
+
+With a :class:`~gateway.accounting.journal.Journal` (the gateway's default), ``submit`` first
+journals the record — and the key settlement that goes with it — and returns only once that is
+fsynced, so a record is durable before its answer completes. The journal entry is done when
+the record reached the store or the (fsynced) spool and the settlement reached the key store;
+a sweeper retries what is still pending (settlements that failed, records the writer never
+saw) and adopts the journals of processes that died, so spend and records always converge.
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.accounting.facts import DIMENSIONS, record_to_dict
+from gateway.accounting.journal import RECORD, SETTLE, Journal, Settlement
 from gateway.accounting.redis_store import RedisRecordStore
 from gateway.accounting.spool import Spool
 from gateway.accounting.sqlite_store import SQLiteRecordStore
@@ -28,10 +37,12 @@ from gateway.accounting.store import GroupTotals, RecordStore, StoreUnavailableE
 from gateway.accounting.window import minute_window
 from gateway.core.errors import InvalidRequestError
 from gateway.core.record import RequestRecord
+from gateway.redis_pool import RedisPoolSettings
 
 logger = logging.getLogger(__name__)
 
 TimeArg = str | float | datetime | None
+Settler = Callable[[Settlement], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -41,6 +52,8 @@ class AccountingStats:
     spooled: int = 0  # records appended to the spool (writer side and queue-full spills)
     spilled: int = 0  # of those, spilled by submit because the queue was full
     replayed: int = 0  # new records written from the spool
+    swept_records: int = 0  # records the sweeper wrote from the journal
+    swept_settlements: int = 0  # settlements the sweeper applied from the journal
 
 
 class AccountingService:
@@ -54,9 +67,16 @@ class AccountingService:
         retry_initial_s: float = 0.5,
         retry_max_s: float = 5.0,
         linger_s: float = 0.002,
+        journal: Journal | None = None,
+        sweep_interval_s: float = 1.0,
     ) -> None:
         self.store = store
         self.spool = spool
+        self.journal = journal
+        self.sweep_interval_s = sweep_interval_s
+        self._settler: Settler | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_delay = sweep_interval_s
         self.batch_size = batch_size
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -79,32 +99,61 @@ class AccountingService:
             logger.warning("accounting store not reachable at start, spooling until it is: %s", exc)
         self._spool_pending = self.spool.has_pending()  # orphans left by an earlier process
         self._writer = asyncio.create_task(self._write_loop(), name="accounting-writer")
+        if self.journal is not None:
+            for entry in await self.journal.open():
+                entry.added_at = 0.0  # a dead process's unfinished work: due at the first sweep
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="accounting-journal-sweeper")
+
+    def attach_settler(self, settler: Settler) -> None:
+        """How journaled settlements are applied (the key store's ``settle``); set by the auth layer."""
+        self._settler = settler
+
+    def settled(self, request_id: str) -> None:
+        """The request path applied the settlement itself."""
+        if self.journal is not None:
+            self.journal.done(request_id, SETTLE)
 
     async def close(self) -> None:
         """Flush the queue (and the spool, if the store is back) and release the store."""
         if self._closed:
             return
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._writer is not None:
             await self._queue.put(None)  # the writer stops after everything before it
             await self._writer
             self._writer = None
+        if self.journal is not None:
+            try:  # one last attempt; what still fails stays journaled for the next start
+                await asyncio.wait_for(self.sweep(older_than_s=0.0), timeout=10.0)
+            except Exception:
+                logger.warning("journal: unfinished entries stay for the next start", exc_info=True)
+            await self.journal.close()
         self.spool.close()
         await self.store.close()
 
     # --- request path ------------------------------------------------------------------------
 
-    async def submit(self, record: RequestRecord) -> None:
-        """Hand a finished record over; never blocks, never drops."""
+    async def submit(self, record: RequestRecord, settle: Settlement | None = None) -> None:
+        """Hand a finished record over; never drops. With a journal, returns once it is durable."""
         self.stats.submitted += 1
+        journaled = False
+        if self.journal is not None and not self._closed:
+            await self.journal.append(record.request_id, record_to_dict(record), settle)
+            journaled = True
         if self._closed or self._writer is None:
             self._spill(record)
             return
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
-            self._spill(record)
-            return
+            if not journaled:
+                self._spill(record)
+            return  # journaled: the sweeper writes it (the queue is full; nothing waits for it)
         self._unflushed[record.request_id] = record
 
     def _spill(self, record: RequestRecord) -> None:
@@ -176,10 +225,60 @@ class AccountingService:
             logger.warning("accounting store unavailable (%s); spooling records until it is back", exc)
             self._spool_batch(records)
             self._next_retry_at = time.monotonic() + self._retry_delay
+            return
+        self._recorded(records)
 
     def _spool_batch(self, records: list[dict[str, Any]]) -> None:
-        self.stats.spooled += self.spool.append(records)
+        self.stats.spooled += self.spool.append(records)  # fsynced: the spool now answers for them
         self._spool_pending = True
+        self._recorded(records)
+
+    def _recorded(self, records: list[dict[str, Any]]) -> None:
+        if self.journal is not None:
+            for record in records:
+                self.journal.done(str(record["request_id"]), RECORD)
+
+    # --- journal sweeper ---------------------------------------------------------------------
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_delay)
+            try:
+                progressed = await self.sweep()
+            except Exception:  # the sweeper must outlive any one failure
+                logger.exception("journal sweep failed")
+                progressed = False
+            self._sweep_delay = self.sweep_interval_s if progressed else min(5.0, self._sweep_delay * 2)
+
+    async def sweep(self, older_than_s: float = 2.0) -> bool:
+        """Finish journaled work nobody else is doing; True unless a store refused."""
+        journal = self.journal
+        if journal is None:
+            return True
+        await journal.adopt_orphans()  # a worker or replica on this data dir that died
+        ok = True
+        stale = journal.pending(RECORD, older_than_s)
+        for start in range(0, len(stale), 500):
+            chunk = stale[start:start + 500]
+            try:
+                self.stats.written += await self.store.write_batch([entry.record for entry in chunk])
+            except StoreUnavailableError:
+                ok = False
+                break
+            self.stats.swept_records += len(chunk)
+            self._recorded([entry.record for entry in chunk])
+        if self._settler is None:
+            return ok
+        for entry in journal.pending(SETTLE, older_than_s):
+            assert entry.settle is not None
+            try:
+                await self._settler(entry.settle)
+            except Exception as exc:  # the key store is down: retried at the next sweep
+                logger.warning("journal: settlement of %s still pending (%s)", entry.id, type(exc).__name__)
+                return False
+            journal.done(entry.id, SETTLE)
+            self.stats.swept_settlements += 1
+        return ok
 
     async def _try_replay(self) -> None:
         try:
@@ -199,7 +298,8 @@ class AccountingService:
         """Wait until the queue is empty and the spool replayed (tests, benchmarks, report)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self._unflushed and self._queue.empty() and not self._spool_pending:
+            journal_idle = self.journal is None or not self.journal.entries
+            if not self._unflushed and self._queue.empty() and not self._spool_pending and journal_idle:
                 return True
             await asyncio.sleep(0.01)
         return False
@@ -232,14 +332,20 @@ def build_accounting(
     *,
     redis_prefix: str = "slmgw:",
     queue_size: int = 10_000,
+    redis_pool: RedisPoolSettings | None = None,
+    journal: bool = False,
 ) -> AccountingService:
-    """Redis when ``redis_url`` is set, else the SQLite file ``<data_dir>/accounting.sqlite3``."""
+    """Redis when ``redis_url`` is set, else the SQLite file ``<data_dir>/accounting.sqlite3``.
+
+    ``journal``: keep the request journal in ``<data_dir>/journal`` (the gateway does; offline
+    tools that only read must not adopt a dead gateway's journal, so it is off by default)."""
     store: RecordStore
     if redis_url:
-        store = RedisRecordStore(redis_url, prefix=redis_prefix, stream_maxlen=stream_maxlen)
+        store = RedisRecordStore(redis_url, prefix=redis_prefix, stream_maxlen=stream_maxlen, pool=redis_pool)
     else:
         store = SQLiteRecordStore(data_dir / "accounting.sqlite3")
-    return AccountingService(store, Spool(data_dir / "accounting-spool"), queue_size=queue_size)
+    return AccountingService(store, Spool(data_dir / "accounting-spool"), queue_size=queue_size,
+                             journal=Journal(data_dir / "journal") if journal else None)
 
 
 @contextlib.asynccontextmanager

@@ -4,7 +4,9 @@
 idempotent: ``INSERT OR IGNORE``, and a record's facts are only added when its row was new).
 ``facts`` holds one row per (record, dimension, group) from :func:`facts.contributions` —
 the same contributions the Redis store counts — with the latency and TTFT bucket indices, so
-usage is one ``GROUP BY`` and the percentiles match the Redis store's exactly.
+usage is one ``GROUP BY`` and the percentiles match the Redis store's exactly. Its counter
+columns are those of :mod:`gateway.accounting.counters`; :func:`migrate` adds the ones an
+older file lacks and records the schema version in ``schema_version``.
 
 sqlite3 calls run on the store's own thread (:mod:`gateway.sqlite_worker`); several gateway
 worker processes may share the file.
@@ -20,49 +22,82 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.accounting.buckets import bucket_of
+from gateway.accounting.counters import COUNTER_FIELDS, COUNTER_NAMES, CounterField
 from gateway.accounting.facts import contributions, minute_of
 from gateway.accounting.store import GroupTotals, StoreUnavailableError
 from gateway.sqlite_worker import SQLiteWorker
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS records (
-    request_id TEXT PRIMARY KEY,
-    created_at REAL NOT NULL,
-    minute INTEGER NOT NULL,
-    data TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS facts (
-    request_id TEXT NOT NULL,
-    dimension TEXT NOT NULL,
-    group_key TEXT NOT NULL,
-    minute INTEGER NOT NULL,
-    requests INTEGER NOT NULL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    savings_usd REAL NOT NULL,
-    escalated INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    lat_bucket INTEGER,
-    ttft_bucket INTEGER,
-    PRIMARY KEY (request_id, dimension, group_key)
-);
-CREATE INDEX IF NOT EXISTS facts_by_minute ON facts (dimension, minute);
-CREATE INDEX IF NOT EXISTS records_by_time ON records (created_at);
-"""
+SCHEMA_VERSION = 2  # 1: fixed counter columns, no version table; 2: columns from counters.py
 
-_COUNTER_COLUMNS = (
-    "requests", "prompt_tokens", "completion_tokens", "cost_usd", "savings_usd", "escalated", "errors",
+_FIXED_TABLES = (
+    """CREATE TABLE IF NOT EXISTS records (
+        request_id TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        minute INTEGER NOT NULL,
+        data TEXT NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
 )
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS facts_by_minute ON facts (dimension, minute)",
+    "CREATE INDEX IF NOT EXISTS records_by_time ON records (created_at)",
+)
+_BUCKET_COLUMNS = ("lat_bucket", "ttft_bucket")
+# Column order of our INSERTs; a migrated file may order them differently, so always named.
+_FACT_COLUMNS = ("request_id", "dimension", "group_key", "minute", *COUNTER_NAMES, *_BUCKET_COLUMNS)
+
+
+def _counter_column(counter: CounterField) -> str:
+    return f"{counter.name} {counter.sql_type} NOT NULL DEFAULT 0"
+
+
+def _facts_table() -> str:
+    counters = ", ".join(_counter_column(c) for c in COUNTER_FIELDS)
+    return (
+        "CREATE TABLE IF NOT EXISTS facts (request_id TEXT NOT NULL, dimension TEXT NOT NULL, "
+        f"group_key TEXT NOT NULL, minute INTEGER NOT NULL, {counters}, lat_bucket INTEGER, "
+        "ttft_bucket INTEGER, PRIMARY KEY (request_id, dimension, group_key))"
+    )
+
+
+def migrate(connection: sqlite3.Connection) -> int:
+    """Bring a store file to :data:`SCHEMA_VERSION`; return the version it had (0: new file).
+
+    Creates what is missing, then adds every counter column the ``facts`` table lacks (a
+    counter declared after the file was made): old rows read 0 for it. One transaction,
+    taken with ``BEGIN IMMEDIATE`` so that worker processes opening the file together
+    migrate it once; a file already current costs one read.
+    """
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        existed = connection.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'facts'").fetchone() is not None
+        for statement in (*_FIXED_TABLES, _facts_table(), *_INDEXES):
+            connection.execute(statement)
+        row = connection.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        found = int(row[0]) if row[0] is not None else (1 if existed else 0)
+        present = {info[1] for info in connection.execute("PRAGMA table_info(facts)")}
+        for counter in COUNTER_FIELDS:
+            if counter.name not in present:
+                connection.execute(f"ALTER TABLE facts ADD COLUMN {_counter_column(counter)}")
+        if found < SCHEMA_VERSION:
+            connection.execute("DELETE FROM schema_version")
+            connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    return found
 
 
 class SQLiteRecordStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         # synchronous=NORMAL: durable at checkpoints; WAL keeps the file consistent.
-        self._db = SQLiteWorker(path, _SCHEMA, thread_name="accounting-sqlite", pragmas=("synchronous=NORMAL",))
+        self._db = SQLiteWorker(path, "", thread_name="accounting-sqlite", pragmas=("synchronous=NORMAL",),
+                                migrate=migrate)
 
     async def _run(self, function: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -123,7 +158,7 @@ def _write(connection: sqlite3.Connection, records: Sequence[Mapping[str, Any]])
         fact_rows = [row for request_id, record in rows_by_id.items() for row in _fact_rows(request_id, record)]
         _insert_many(connection, "INSERT INTO records (request_id, created_at, minute, data) VALUES", record_rows,
                      limit)
-        _insert_many(connection, "INSERT INTO facts VALUES", fact_rows, limit)
+        _insert_many(connection, f"INSERT INTO facts ({', '.join(_FACT_COLUMNS)}) VALUES", fact_rows, limit)
         connection.execute("COMMIT")
     except BaseException:
         connection.execute("ROLLBACK")
@@ -158,8 +193,7 @@ def _fact_rows(request_id: str, record: Mapping[str, Any]) -> list[tuple[Any, ..
     return [
         (
             request_id, dimension, group, minute,
-            item.requests, item.prompt_tokens, item.completion_tokens, item.cost_usd,
-            item.savings_usd, item.escalated, item.errors,
+            *(getattr(item, name) for name in COUNTER_NAMES),
             None if item.latency_ms is None else bucket_of(item.latency_ms),
             None if item.ttft_ms is None else bucket_of(item.ttft_ms),
         )
@@ -171,12 +205,12 @@ def _fact_rows(request_id: str, record: Mapping[str, Any]) -> list[tuple[Any, ..
 def _totals(connection: sqlite3.Connection, first: int, last: int, dimension: str) -> dict[str, GroupTotals]:
     where = "WHERE dimension = ? AND minute BETWEEN ? AND ?"
     params = (dimension, first, last)
-    sums = ", ".join(f"SUM({column})" for column in _COUNTER_COLUMNS)
+    sums = ", ".join(f"SUM({column})" for column in COUNTER_NAMES)
     groups: dict[str, GroupTotals] = {}
     for row in connection.execute(f"SELECT group_key, {sums} FROM facts {where} GROUP BY group_key", params):
         totals = groups[row[0]] = GroupTotals()
-        for column, value in zip(_COUNTER_COLUMNS, row[1:], strict=True):
-            totals.add_counter(column, value or 0)
+        for column, value in zip(COUNTER_NAMES, row[1:], strict=True):
+            totals.add_counter(column, value)
     for column, attribute in (("lat_bucket", "latency_hist"), ("ttft_bucket", "ttft_hist")):
         query = (
             f"SELECT group_key, {column}, COUNT(*) FROM facts {where} AND {column} IS NOT NULL "

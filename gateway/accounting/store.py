@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.accounting.buckets import percentile
+from gateway.accounting.counters import COUNTER_FIELDS, FIELD_BY_NAME, Counters
 
 Histogram = dict[int, int]
 
@@ -22,37 +23,28 @@ class StoreUnavailableError(Exception):
 
 
 @dataclass(slots=True)
-class GroupTotals:
+class GroupTotals(Counters):
     """A group's summed aggregates over a time window."""
 
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0
-    savings_usd: float = 0.0
-    escalated: int = 0
-    errors: int = 0
     latency_hist: Histogram = field(default_factory=dict)
     ttft_hist: Histogram = field(default_factory=dict)
 
-    def add_counter(self, name: str, value: float) -> None:
-        if name in ("cost_usd", "savings_usd"):
-            setattr(self, name, getattr(self, name) + float(value))
-        elif name in ("requests", "prompt_tokens", "completion_tokens", "escalated", "errors"):
-            setattr(self, name, getattr(self, name) + round(float(value)))
+    def add_counter(self, name: str, value: float | str | None) -> None:
+        """Add a stored counter value; names that are not counters are ignored."""
+        counter = FIELD_BY_NAME.get(name)
+        if counter is not None:
+            setattr(self, name, getattr(self, name) + counter.coerce(value))
 
     def to_json(self, key: str) -> dict[str, Any]:
-        return {
-            "key": key,
-            "requests": self.requests,
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "cost_usd": round(self.cost_usd, 10),
-            "savings_usd": round(self.savings_usd, 10),
-            "latency_ms": {f"p{q}": percentile(self.latency_hist, q / 100) for q in (50, 95, 99)},
-            "ttft_ms": {f"p{q}": percentile(self.ttft_hist, q / 100) for q in (50, 95)},
-            "escalation_rate": round(self.escalated / self.requests, 6) if self.requests else 0.0,
-        }
+        body: dict[str, Any] = {"key": key}
+        for counter in COUNTER_FIELDS:
+            if counter.usage:
+                value = getattr(self, counter.name)
+                body[counter.name] = round(value, 10) if counter.kind == "float" else value
+        body["latency_ms"] = {f"p{q}": percentile(self.latency_hist, q / 100) for q in (50, 95, 99)}
+        body["ttft_ms"] = {f"p{q}": percentile(self.ttft_hist, q / 100) for q in (50, 95)}
+        body["escalation_rate"] = round(self.escalated / self.requests, 6) if self.requests else 0.0
+        return body
 
 
 def usage_body(groups: Mapping[str, GroupTotals]) -> dict[str, Any]:

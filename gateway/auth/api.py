@@ -12,10 +12,17 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.auth.enforcement import KEY_STORE, bearer_token, is_admin_key, principal_of
+from gateway.auth.enforcement import bearer_token, is_admin_key
 from gateway.auth.keys import KeySpec, parse_expiry
+from gateway.auth.principal import principal_of
 from gateway.auth.store import KeyStore
-from gateway.core.errors import AuthenticationError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from gateway.core.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UpstreamUnavailableError,
+)
 from gateway.core.protocol import ERROR_RESPONSES
 from gateway.state import get_state
 
@@ -49,7 +56,9 @@ class CreateKey(BaseModel):
 
 
 def key_store(request: Request) -> KeyStore:
-    store: KeyStore = get_state(request).extras[KEY_STORE]
+    store = get_state(request).key_store
+    if store is None:  # only between the lifespan's start and stop
+        raise UpstreamUnavailableError("the key store is not open")
     return store
 
 

@@ -11,6 +11,10 @@
   real cost and real tokens. It runs in its own task, shielded, because Starlette cancels a
   streaming response's task when the client disconnects and an await in that task's
   ``finally`` would be cancelled too — which is how streamed requests end up billed $0.
+  The settlement is journaled with the record before it is tried; if the store fails it, the
+  accounting sweeper applies it later (settlement is idempotent by reservation id).
+* :class:`~gateway.auth.meter.BudgetMeter` (keys with a budget): every upstream call of the
+  request is held against the reservation before it starts, growing it or refusing the call.
 """
 
 from __future__ import annotations
@@ -19,40 +23,24 @@ import asyncio
 import contextlib
 import hmac
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Request
 
+from gateway.accounting.journal import Settlement
 from gateway.auth import limits
 from gateway.auth.estimate import worst_case
 from gateway.auth.keys import VirtualKey, looks_like_virtual_key, nano_to_usd, usd_to_nano
+from gateway.auth.meter import BudgetMeter
+from gateway.auth.principal import Principal, principal_of
 from gateway.auth.store import KeyStore
 from gateway.core.errors import AuthenticationError, PermissionDeniedError, RateLimitError
 from gateway.core.protocol import new_id
 from gateway.core.record import RequestRecord
-from gateway.state import GatewayState, get_state
+from gateway.state import get_state
 
 logger = logging.getLogger(__name__)
-
-ENFORCER = "key_enforcer"  # GatewayState.extras entry (present only when auth is on)
-KEY_STORE = "key_store"  # GatewayState.extras entry (always: the admin API manages keys)
-ADMIN_KEY_ID = "admin"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: the admin (``key is None``) or a virtual key."""
-
-    key: VirtualKey | None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.key is None
-
-    @property
-    def key_id(self) -> str:
-        return ADMIN_KEY_ID if self.key is None else self.key.id
-
 
 def bearer_token(authorization: str | None) -> str | None:
     if not authorization:
@@ -86,17 +74,22 @@ class KeyEnforcer:
         check_usable(key)
         return Principal(key)
 
-    def settle_soon(self, ticket: Ticket, cost_nano: int, tokens: int) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(self._settle(ticket, cost_nano, tokens))
+    def settle_soon(self, settlement: Settlement, on_settled: Callable[[], None] | None = None) -> asyncio.Task[None]:
+        task = asyncio.ensure_future(self._settle(settlement, on_settled))
         self._settling.add(task)  # a strong reference until it is done
         task.add_done_callback(self._settling.discard)
         return task
 
-    async def _settle(self, ticket: Ticket, cost_nano: int, tokens: int) -> None:
+    async def _settle(self, settlement: Settlement, on_settled: Callable[[], None] | None) -> None:
         try:
-            await self.store.settle(ticket.key_id, ticket.reservation_id, cost_nano, tokens)
-        except Exception:  # the reservation lapses after RESERVATION_TTL_S; the record keeps the cost
-            logger.exception("could not settle reservation %s of key %s", ticket.reservation_id, ticket.key_id)
+            await self.store.settle(settlement.key_id, settlement.reservation_id, settlement.cost_nano,
+                                    settlement.tokens)
+        except Exception as exc:  # journaled: the accounting sweeper retries it until the store takes it
+            logger.warning("could not settle reservation %s of key %s now (%s); retried from the journal",
+                           settlement.reservation_id, settlement.key_id, type(exc).__name__)
+            return
+        if on_settled is not None:
+            on_settled()
 
     async def close(self) -> None:
         if self._settling:
@@ -118,32 +111,32 @@ class Ticket:
     key_id: str
     reservation_id: str
     limits: limits.LimitState
+    meter: BudgetMeter | None = None  # asked before every upstream call (keys with a budget)
     settled: bool = False
 
     def headers(self) -> dict[str, str]:
         return limits.ratelimit_headers(self.limits)
 
-    async def settle(self, record: RequestRecord) -> None:
+    def settlement(self, record: RequestRecord) -> Settlement:
+        tokens = max(0, record.prompt_tokens) + max(0, record.completion_tokens)
+        return Settlement(self.key_id, self.reservation_id, usd_to_nano(record.cost_usd), tokens)
+
+    async def settle(self, settlement: Settlement, on_settled: Callable[[], None] | None = None) -> None:
+        """Apply ``settlement`` now; ``on_settled`` runs once the store took it (not if it failed)."""
         if self.settled:
             return
         self.settled = True
-        tokens = max(0, record.prompt_tokens) + max(0, record.completion_tokens)
-        task = self.enforcer.settle_soon(self, usd_to_nano(record.cost_usd), tokens)
+        task = self.enforcer.settle_soon(settlement, on_settled)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(task)
-
-
-def principal_of(request: Request) -> Principal | None:
-    principal = getattr(request.state, "principal", None)
-    return principal if isinstance(principal, Principal) else None
 
 
 async def admit_request(request: Request, model: str, prompt_tokens: int, max_tokens: int | None) -> Ticket | None:
     """Allow-list, limits and reservation for a virtual key; None when auth is off or for the admin."""
     state = get_state(request)
-    enforcer = state.extras.get(ENFORCER)
+    enforcer = state.key_enforcer
     principal = principal_of(request)
-    if not isinstance(enforcer, KeyEnforcer) or principal is None or principal.key is None:
+    if enforcer is None or principal is None or principal.key is None:
         return None
     key = principal.key
     if not key.allows_model(model):
@@ -155,7 +148,10 @@ async def admit_request(request: Request, model: str, prompt_tokens: int, max_to
     admission = await enforcer.store.admit(key.id, reservation_id, cost_nano, tokens)
     if not admission.ok:
         raise _refusal(key, admission, cost_nano, tokens)
-    return Ticket(enforcer, key.id, reservation_id, admission.limits)
+    meter = None
+    if key.budget_nano is not None:
+        meter = BudgetMeter(enforcer.store, key, reservation_id, cost_nano, state.runtime.policy)
+    return Ticket(enforcer, key.id, reservation_id, admission.limits, meter)
 
 
 def _refusal(key: VirtualKey, admission: limits.Admission, cost_nano: int, tokens: int) -> Exception:
@@ -189,8 +185,3 @@ def _refusal(key: VirtualKey, admission: limits.Admission, cost_nano: int, token
     return RateLimitError(
         f"Budget of key {key.id} (${budget:.6f}) is held by requests in flight; this one could cost up to "
         f"${nano_to_usd(cost_nano):.6f}. Retry once they finish.", retry_after_s=retry, code="budget_reserved")
-
-
-def enforcer_of(state: GatewayState) -> KeyEnforcer | None:
-    enforcer = state.extras.get(ENFORCER)
-    return enforcer if isinstance(enforcer, KeyEnforcer) else None

@@ -15,9 +15,11 @@
   of its JSON messages, whose syntax stands in for the chat template's tokens). English runs
   at ~4 bytes per token and CJK at ~3, so this is an over-estimate for nearly all input.
 
-Strategies that call one backend several times (speculative decoding's verify rounds re-send
-the prompt) can cost more than the reservation; the settled figure is still exact, and the
-budget can then be overshot by at most that excess of the requests in flight.
+This admission reservation covers the model's own route. Every upstream call is then held
+against it once more, just before it starts (:mod:`gateway.auth.meter`, with
+:func:`call_worst_case` of the call's own prompt): a fallback model, a hand-off continuation,
+a speculative verify round or anything else the reservation did not foresee extends the
+reservation atomically in the key store first, or is refused (429) without being called.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 import orjson
 
 from gateway.auth.keys import usd_to_nano
-from gateway.backends.local.config import LocalBackend
+from gateway.core.backend import ChatMessage, CompletionPrompt
 from policies.schema import Policy
 
 BYTES_PER_TOKEN_ESTIMATE = 3
@@ -65,7 +67,14 @@ def reachable_backends(policy: Policy, model: str) -> list[str]:
         if config is None or name in seen_models:
             continue
         seen_models.add(name)
-        backends.extend(b for b in config.referenced_backends() if b not in backends)
+        named = list(config.referenced_backends())
+        # Bare targets (rules, learned) resolve backend first, then model, when the strategy starts.
+        for target in getattr(config, "referenced_targets", list)():
+            if target in policy.backends:
+                named.append(target)
+            else:
+                pending.append(target)
+        backends.extend(b for b in named if b not in backends)
         pending.extend(config.referenced_models())
     return backends
 
@@ -78,9 +87,24 @@ def worst_case(policy: Policy, model: str, prompt_tokens: int, max_tokens: int |
         backend = policy.backends.get(name)
         if backend is None:
             continue
-        ceiling = backend.default_max_tokens if isinstance(backend, LocalBackend) else backend.context_length
-        output = max_tokens if max_tokens is not None else ceiling
+        output = max_tokens if max_tokens is not None else backend.max_output_tokens()
         longest = max(longest, output)
         if backend.price.input_per_1m or backend.price.output_per_1m:
             cost += backend.price.cost(prompt_tokens, output)
     return usd_to_nano(cost), prompt_tokens + (longest if max_tokens is None else max_tokens)
+
+
+def call_prompt_tokens(prompt: Sequence[ChatMessage] | CompletionPrompt) -> int:
+    """The prompt estimate of one upstream call (its own messages: a hand-off's prefix included)."""
+    if isinstance(prompt, CompletionPrompt):
+        return len(prompt.token_ids) if prompt.token_ids is not None else text_tokens(prompt.text or "")
+    return chat_prompt_tokens(list(prompt))
+
+
+def call_worst_case(policy: Policy, backend_name: str, prompt_tokens: int, max_tokens: int | None) -> int:
+    """Nano-dollars one call to ``backend_name`` can cost at most (0 for a free or unknown backend)."""
+    backend = policy.backends.get(backend_name)
+    if backend is None or not (backend.price.input_per_1m or backend.price.output_per_1m):
+        return 0
+    output = max_tokens if max_tokens is not None else backend.max_output_tokens()
+    return usd_to_nano(backend.price.cost(prompt_tokens, output))

@@ -1,4 +1,4 @@
-"""Virtual keys in Redis: admission and settlement are single Lua scripts (atomic on the server).
+"""Virtual keys in Redis: admission, extension and settlement are single Lua scripts (atomic on the server).
 
 Layout (``P`` is the prefix)::
 
@@ -11,6 +11,7 @@ Layout (``P`` is the prefix)::
     P key:<id>:tok         sorted set, "<reservation id>|<tokens>" in the window
     P key:<id>:res         hash reservation id -> "<cost nano>:<estimated tokens>"
     P key:<id>:resexp      sorted set reservation id -> when it lapses (a crashed replica's)
+    P settled:<rid>        a settlement already applied (so a replayed one is not counted twice)
 
 The scripts read the clock with Redis ``TIME``, so replicas with skewed clocks still share one
 window. Rules are those of :mod:`gateway.auth.limits` (kept in step with :func:`decide`).
@@ -25,7 +26,8 @@ from redis.typing import EncodableT
 
 from gateway.auth.keys import KeySpec, VirtualKey, hash_secret, new_key_id, new_pepper, new_secret, same_hash
 from gateway.auth.limits import OK, RESERVATION_TTL_S, WINDOW_S, Admission, LimitState
-from gateway.core.errors import UpstreamUnavailableError
+from gateway.core.errors import GatewayError, RateLimitError, UpstreamUnavailableError
+from gateway.redis_pool import RedisPoolSettings, pool_exhausted, redis_client
 
 _PRELUDE = """
 if redis.replicate_commands then pcall(redis.replicate_commands) end
@@ -101,9 +103,42 @@ return {'ok', '0', f[3] or '', tostring(count + 1), tostring(reset_req), f[4] or
         int(used + tokens), tostring(reset_tok), f[5] or '', int(spent), int(reserved + cost)}
 """
 
-# KEYS: key, req, tok, res, resexp.  ARGV: reservation id, real cost nano, real tokens.
+# KEYS: key, res, resexp.  ARGV: reservation id, extra nano, reservation ttl.
+# One more upstream call than the admission foresaw (a fallback, a hand-off, a verify round):
+# grow the request's reservation by ``extra`` if the budget still holds it with every other
+# open reservation, else refuse ('budget': it cannot fit even alone; 'budget_busy': in-flight
+# requests hold the rest). A reservation that lapsed (a request running past the TTL) is re-made.
+_EXTEND = _PRELUDE + """
+local key, rid, extra = KEYS[1], ARGV[1], tonumber(ARGV[2])
+if redis.call('EXISTS', key) == 0 then return {'unknown'} end
+local f = redis.call('HMGET', key, 'revoked', 'expires_at', 'budget_nano', 'spent_nano', 'reserved_nano')
+if f[1] == '1' then return {'revoked'} end
+local expires = tonumber(f[2])
+if expires and expires <= now then return {'expired'} end
+local amount, estimate = 0, '0'
+local v = redis.call('HGET', KEYS[2], rid)
+if v then
+  local a, e = string.match(v, '^(%d+):(%d+)$')
+  amount, estimate = tonumber(a), e
+end
+local budget, spent, reserved = tonumber(f[3]), tonumber(f[4]) or 0, tonumber(f[5]) or 0
+if budget and spent + amount + extra > budget then return {'budget'} end
+if budget and spent + reserved + extra > budget then return {'budget_busy', '1'} end
+redis.call('HSET', KEYS[2], rid, int(amount + extra) .. ':' .. estimate)
+if not v then
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), rid)
+  for i = 2, 3 do redis.call('EXPIRE', KEYS[i], math.ceil(tonumber(ARGV[3])) * 2) end
+end
+redis.call('HSET', key, 'reserved_nano', int(reserved + extra))
+return {'ok', int(amount + extra)}
+"""
+
+# KEYS: key, req, tok, res, resexp, settled guard.  ARGV: reservation id, real cost nano, real
+# tokens, guard ttl. Idempotent: the guard makes a settlement replayed from the journal (or
+# retried after an ambiguous failure) count once.
 _SETTLE = _PRELUDE + """
 local rid = ARGV[1]
+if not redis.call('SET', KEYS[6], '1', 'NX', 'EX', ARGV[4]) then return 0 end
 local alive = redis.call('EXISTS', KEYS[1]) == 1
 local v = redis.call('HGET', KEYS[4], rid)
 if v then
@@ -168,13 +203,16 @@ def _encode(key: VirtualKey) -> dict[EncodableT, EncodableT]:
     }
 
 
+SETTLED_TTL_S = 7 * 86_400  # how long a settlement is remembered (journal replays happen well within it)
+
+
 class RedisKeyStore:
-    def __init__(self, url: str, *, prefix: str = "slmgw:") -> None:
+    def __init__(self, url: str, *, prefix: str = "slmgw:", pool: RedisPoolSettings | None = None) -> None:
         self.prefix = prefix
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=3.0, socket_timeout=5.0
-        )
+        self._client: aioredis.Redis = redis_client(url, pool or RedisPoolSettings(), connect_timeout_s=3.0,
+                                                    socket_timeout_s=5.0)
         self._admit = self._client.register_script(_ADMIT)
+        self._extend = self._client.register_script(_EXTEND)
         self._settle = self._client.register_script(_SETTLE)
         self._find = self._client.register_script(_FIND)
         self._pepper: str | None = None  # immutable once created, so caching it is safe
@@ -267,9 +305,20 @@ class RedisKeyStore:
             budget_nano=_opt_int(limit[8]), spent_nano=int(limit[9]), reserved_nano=int(limit[10]),
         ))
 
-    async def settle(self, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> None:
+    async def extend(self, key_id: str, reservation_id: str, extra_nano: int) -> Admission:
+        base = self._key(key_id)
         try:
-            await self._settle(keys=self._script_keys(key_id), args=[reservation_id, cost_nano, tokens])
+            reply = await self._extend(keys=[base, f"{base}:res", f"{base}:resexp"],
+                                       args=[reservation_id, extra_nano, RESERVATION_TTL_S])
+        except (RedisError, OSError) as exc:
+            raise _unavailable(exc) from exc
+        outcome = str(reply[0])
+        return Admission(outcome, float(reply[1]) if outcome != OK and len(reply) > 1 else None)
+
+    async def settle(self, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> None:
+        keys = [*self._script_keys(key_id), f"{self.prefix}settled:{reservation_id}"]
+        try:
+            await self._settle(keys=keys, args=[reservation_id, cost_nano, tokens, SETTLED_TTL_S])
         except (RedisError, OSError) as exc:
             raise _unavailable(exc) from exc
 
@@ -283,6 +332,9 @@ class RedisKeyStore:
         await self._client.aclose()
 
 
-def _unavailable(exc: BaseException) -> UpstreamUnavailableError:
+def _unavailable(exc: BaseException) -> GatewayError:
+    if pool_exhausted(exc):  # Redis is fine, this process is out of connections: over capacity
+        return RateLimitError("The gateway is over capacity right now; retry shortly.", retry_after_s=1.0,
+                              code="gateway_overloaded")
     return UpstreamUnavailableError(f"the key store (redis) is unavailable: {type(exc).__name__}",
                                     code="key_store_unavailable")

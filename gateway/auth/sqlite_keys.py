@@ -17,7 +17,18 @@ from typing import Any, TypeVar
 import orjson
 
 from gateway.auth.keys import KeySpec, VirtualKey, hash_secret, new_key_id, new_pepper, new_secret, same_hash
-from gateway.auth.limits import EXPIRED, RESERVATION_TTL_S, REVOKED, UNKNOWN, WINDOW_S, Admission, decide
+from gateway.auth.limits import (
+    BUDGET,
+    BUDGET_BUSY,
+    EXPIRED,
+    OK,
+    RESERVATION_TTL_S,
+    REVOKED,
+    UNKNOWN,
+    WINDOW_S,
+    Admission,
+    decide,
+)
 from gateway.core.errors import UpstreamUnavailableError
 from gateway.sqlite_worker import SQLiteWorker
 
@@ -39,7 +50,11 @@ CREATE TABLE IF NOT EXISTS rate_events (
     PRIMARY KEY (key_id, reservation_id)
 );
 CREATE INDEX IF NOT EXISTS rate_events_by_time ON rate_events (key_id, at);
+CREATE TABLE IF NOT EXISTS settled (reservation_id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS settled_by_time ON settled (at);
 """
+
+SETTLED_TTL_S = 7 * 86_400  # how long a settlement is remembered (journal replays happen well within it)
 
 _COLUMNS = ("id, name, hash, budget_nano, spent_nano, reserved_nano, rpm, tpm, models, tags, expires_at, revoked, "
             "created_at")
@@ -110,6 +125,9 @@ class SQLiteKeyStore:
     async def admit(self, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> Admission:
         return await self._run(lambda c: _transaction(c, lambda: _admit(c, key_id, reservation_id, cost_nano, tokens)))
 
+    async def extend(self, key_id: str, reservation_id: str, extra_nano: int) -> Admission:
+        return await self._run(lambda c: _transaction(c, lambda: _extend(c, key_id, reservation_id, extra_nano)))
+
     async def settle(self, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> None:
         await self._run(lambda c: _transaction(c, lambda: _settle(c, key_id, reservation_id, cost_nano, tokens)))
 
@@ -170,7 +188,39 @@ def _admit(connection: sqlite3.Connection, key_id: str, reservation_id: str, cos
     return admission
 
 
+def _extend(connection: sqlite3.Connection, key_id: str, reservation_id: str, extra_nano: int) -> Admission:
+    """Grow one reservation if the budget holds it with every other open one (see redis_keys._EXTEND)."""
+    now = time.time()
+    key = _get(connection, "id", key_id)
+    if key is None:
+        return Admission(UNKNOWN)
+    if key.revoked:
+        return Admission(REVOKED)
+    if key.expired(now):
+        return Admission(EXPIRED)
+    connection.execute("DELETE FROM reservations WHERE key_id = ? AND lapses_at <= ? AND id != ?",
+                       (key_id, now, reservation_id))
+    row = connection.execute("SELECT cost_nano FROM reservations WHERE id = ?", (reservation_id,)).fetchone()
+    own = int(row[0]) if row else 0
+    reserved = connection.execute(
+        "SELECT COALESCE(SUM(cost_nano), 0) FROM reservations WHERE key_id = ?", (key_id,)
+    ).fetchone()[0]
+    if key.budget_nano is not None and key.spent_nano + own + extra_nano > key.budget_nano:
+        return Admission(BUDGET)
+    if key.budget_nano is not None and key.spent_nano + reserved + extra_nano > key.budget_nano:
+        return Admission(BUDGET_BUSY, 1.0)
+    connection.execute(
+        "INSERT INTO reservations VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET cost_nano = cost_nano + ?",
+        (reservation_id, key_id, extra_nano, now + RESERVATION_TTL_S, extra_nano))
+    connection.execute("UPDATE keys SET reserved_nano = ? WHERE id = ?", (reserved + extra_nano, key_id))
+    return Admission(OK)
+
+
 def _settle(connection: sqlite3.Connection, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> None:
+    now = time.time()
+    connection.execute("DELETE FROM settled WHERE at < ?", (now - SETTLED_TTL_S,))
+    if connection.execute("INSERT OR IGNORE INTO settled VALUES (?, ?)", (reservation_id, now)).rowcount == 0:
+        return  # already settled: a replay from the journal, or a retry after an ambiguous failure
     connection.execute("DELETE FROM reservations WHERE id = ?", (reservation_id,))
     connection.execute("UPDATE rate_events SET tokens = ? WHERE key_id = ? AND reservation_id = ?",
                        (tokens, key_id, reservation_id))

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from gateway.auth.keys import KeySpec, VirtualKey
 from gateway.auth.limits import Admission
+from gateway.redis_pool import RedisPoolSettings
 
 
 class KeyStore(Protocol):
@@ -34,17 +35,24 @@ class KeyStore(Protocol):
         """Check the key's limits by the store's own clock; if they pass, record and reserve."""
         ...
 
-    async def settle(self, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> None: ...
+    async def extend(self, key_id: str, reservation_id: str, extra_nano: int) -> Admission:
+        """Grow an admitted request's reservation by ``extra_nano`` if the budget holds it (another call)."""
+        ...
+
+    async def settle(self, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> None:
+        """Replace the reservation by the real cost; idempotent by ``reservation_id``."""
+        ...
 
     async def close(self) -> None: ...
 
 
-def build_key_store(redis_url: str | None, data_dir: Path, *, redis_prefix: str = "slmgw:") -> KeyStore:
+def build_key_store(redis_url: str | None, data_dir: Path, *, redis_prefix: str = "slmgw:",
+                    redis_pool: RedisPoolSettings | None = None) -> KeyStore:
     """The same choice as accounting: Redis if configured, else ``<data_dir>/keys.sqlite3``."""
     if redis_url:
         from gateway.auth.redis_keys import RedisKeyStore
 
-        return RedisKeyStore(redis_url, prefix=redis_prefix)
+        return RedisKeyStore(redis_url, prefix=redis_prefix, pool=redis_pool)
     from gateway.auth.sqlite_keys import SQLiteKeyStore
 
     return SQLiteKeyStore(data_dir / "keys.sqlite3")

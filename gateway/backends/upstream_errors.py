@@ -1,14 +1,18 @@
 """Translate an upstream's HTTP status or a transport failure into a gateway error.
 
-The upstream's own message is passed on only for 400 (it concerns the client's request);
-other statuses get a fixed message, so nothing an upstream says about credentials or its
-internals reaches the client. Transport failures arrive as aiohttp exceptions (the
-``openai`` backend's client); nothing above this module sees an aiohttp type.
+No text an upstream wrote reaches the client: every status gets our own fixed message. An
+upstream's error message can quote the request it received — the ``Authorization`` header
+with the gateway's API key (some proxies echo it), the rewritten body, the internal model
+name — so it is never relayed. For a 400 / 422 (about the client's request) only the
+upstream's ``code`` and ``param`` pass, and only when they look like identifiers
+(``context_length_exceeded``, ``messages[0].content``). Transport failures arrive as aiohttp
+exceptions (the ``openai`` backend's client); nothing above this module sees an aiohttp type.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 
 import aiohttp
@@ -23,16 +27,32 @@ from gateway.core.errors import (
     UpstreamUnavailableError,
 )
 
+# What an identifier-like upstream ``code`` / ``param`` may look like to be relayed: no spaces,
+# no quotes, no ``-`` (API keys are ``sk-...``), short.
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_.\[\]]{0,63}")
+_KNOWN_CODES = {
+    "context_length_exceeded": "the prompt plus max_tokens exceed the upstream model's context length",
+    "string_above_max_length": "a string in the request is longer than the upstream accepts",
+    "invalid_value": "a parameter has a value the upstream does not accept",
+    "unsupported_parameter": "a parameter is not supported by the upstream model",
+    "unsupported_value": "a parameter value is not supported by the upstream model",
+}
 
-def _upstream_message(body: bytes) -> str:
+
+def _upstream_fields(body: bytes) -> tuple[str | None, str | None]:
+    """The upstream error's ``code`` and ``param``, each only if it is a plain identifier."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return ""
+        return None, None
     error = payload.get("error") if isinstance(payload, dict) else None
-    if isinstance(error, dict):
-        return str(error.get("message", ""))[:500]
-    return ""
+    if not isinstance(error, dict):
+        return None, None
+
+    def identifier(value: object) -> str | None:
+        return value if isinstance(value, str) and _IDENTIFIER.fullmatch(value) else None
+
+    return identifier(error.get("code")), identifier(error.get("param"))
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -46,8 +66,12 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def translate_status(backend: str, status: int, headers: Mapping[str, str], body: bytes) -> GatewayError:
     """The gateway error for an upstream's HTTP error ``status`` (≥ 400)."""
     if status == 400 or status == 422:
-        detail = _upstream_message(body) or "the upstream rejected the request"
-        return InvalidRequestError(f"upstream {backend!r}: {detail}", code="upstream_bad_request")
+        code, param = _upstream_fields(body)
+        detail = f"upstream {backend!r} rejected the request (HTTP {status}"
+        detail += f", code {code})" if code else ")"
+        if code in _KNOWN_CODES:
+            detail += f": {_KNOWN_CODES[code]}"
+        return InvalidRequestError(detail, param=param, code="upstream_bad_request")
     if status == 429:
         return RateLimitError(f"upstream {backend!r} is rate limiting", retry_after_s=_retry_after(headers),
                               code="upstream_rate_limited")

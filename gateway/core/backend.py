@@ -9,13 +9,16 @@ servers look the same to the routing strategies above them; errors are raised as
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-FinishReason = Literal["stop", "length", "cancelled"]
+from gateway.core.errors import UnsupportedParameterError
+
+# "tool_calls" / "content_filter" / "function_call" come from upstreams (and local tool calls).
+FinishReason = Literal["stop", "length", "cancelled", "tool_calls", "content_filter", "function_call"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,12 @@ class TokenChunk:
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
     token_ids: tuple[int, ...] = ()
+    # OpenAI's streamed tool-call fragments ({"index", "id"?, "type"?, "function": {"name"?,
+    # "arguments"}}), relayed from an upstream or parsed from a local model's output.
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    # Other fields of an upstream's delta ("refusal", "reasoning_content", ...) and of its
+    # logprobs block ("logprobs.refusal"): relayed to the client as they came.
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,11 @@ class GenerationDone:
     prompt_text: str | None = None  # the prompt as text (echo of a token-id prompt)
     prompt_token_strs: tuple[str, ...] | None = None
     extra_usage: dict[str, Any] = field(default_factory=dict)
+    # Relayed to the client as the upstream sent them: top-level response fields
+    # (system_fingerprint, service_tier, ...) and usage fields beyond the three counts
+    # (prompt_tokens_details, completion_tokens_details, ...).
+    response_fields: dict[str, Any] = field(default_factory=dict)
+    usage_fields: dict[str, Any] = field(default_factory=dict)
 
 
 GenerationEvent = TokenChunk | GenerationDone
@@ -73,13 +87,59 @@ class SamplingParams:
     top_logprobs: int = 0
     # Fields the client sent that we do not interpret; forwarded verbatim to HTTP upstreams.
     extra: dict[str, Any] = field(default_factory=dict)
+    # Whether the client reads this answer as a stream. Never sent upstream: the reliability
+    # wrapper bounds a call's total time only when the client waits for the whole answer
+    # (RequestContext sets it on every call from the request's record).
+    client_stream: bool = False
+    # Sampling fields the client left out (or sent as null): a backend's ``sampling_defaults``
+    # fill them (RequestContext), and an HTTP upstream is not sent the ones still unset.
+    defaulted: frozenset[str] = frozenset()
+    # The name the client gave the token limit: o-series upstreams accept only max_completion_tokens.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+
+    # Tools and structured outputs travel in ``extra`` exactly as the client sent them (an
+    # HTTP upstream receives them unchanged); these read them.
+    @property
+    def tools(self) -> list[dict[str, Any]]:
+        tools = self.extra.get("tools")
+        return tools if isinstance(tools, list) else []
+
+    @property
+    def tool_choice(self) -> Any:
+        return self.extra.get("tool_choice")
+
+    @property
+    def response_format(self) -> dict[str, Any] | None:
+        value = self.extra.get("response_format")
+        return value if isinstance(value, dict) else None
+
+    def wants_tools(self) -> bool:
+        """Tools the model may call (``tool_choice: none`` offers none)."""
+        return bool(self.tools or self.extra.get("functions")) and self.tool_choice != "none"
+
+    def wants_structured_output(self) -> bool:
+        fmt = self.response_format
+        return fmt is not None and fmt.get("type") in ("json_object", "json_schema")
 
 
 class ChatMessage(BaseModel):
-    """A normalised message: content is always plain text here."""
+    """A normalised message: content is always plain text here (content parts joined).
+
+    ``wire`` keeps the message exactly as the client sent it (content parts, ``content: null``,
+    audio...) for HTTP upstreams; it is used only while ``content`` still equals its text, so a
+    strategy that rewrites content (privacy redaction) never leaks the original.
+    """
 
     role: str
     content: str
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant turn's calls (OpenAI shape)
+    tool_call_id: str | None = None  # role "tool": the call this message answers
+    wire: dict[str, Any] | None = Field(None, exclude=True, repr=False)
+
+    def template_dict(self) -> dict[str, Any]:
+        """The message as chat templates expect it: absent keys rather than nulls."""
+        return self.model_dump(exclude_none=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +168,44 @@ class BackendCapabilities:
     tools: bool = False  # tools / tool_choice honoured
     grammar: bool = False  # response_format / constrained decoding honoured
     embeddings: bool = False  # /v1/embeddings
+    logit_bias: bool = False  # logit_bias honoured
+    penalties: bool = False  # frequency_penalty / presence_penalty honoured
+    relays_all: bool = False  # every client field is relayed to a server that judges it (HTTP upstream)
+
+
+def unsupported_parameter(capabilities: BackendCapabilities, params: SamplingParams) -> str | None:
+    """The first parameter in ``params`` that a backend with ``capabilities`` would silently
+    ignore, or None: a request the backend cannot honour gets a 400 instead of a wrong answer."""
+    extra = params.extra
+    if capabilities.relays_all:
+        return None
+    if extra.get("suffix"):
+        return "suffix"
+    if params.wants_tools() and not capabilities.tools:
+        return "tools"
+    if params.wants_structured_output() and not capabilities.grammar:
+        return "response_format"
+    if extra.get("logit_bias") and not capabilities.logit_bias:
+        return "logit_bias"
+    for name in ("frequency_penalty", "presence_penalty"):
+        if extra.get(name) and not capabilities.penalties:
+            return name
+    return None
+
+
+def check_supported(backend: Backend, params: SamplingParams) -> None:
+    name = unsupported_parameter(backend.capabilities, params)
+    if name is not None:
+        raise UnsupportedParameterError(
+            f"backend {backend.name!r} ({backend.model_name}) does not support {name!r}; "
+            "send it to a model served by an upstream that does, or leave it out", param=name)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: list[list[float]]
+    prompt_tokens: int
+    model: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +300,15 @@ class Backend(ABC):
     def token_scorer(self) -> TokenScorer | None:
         """The in-process scorer (``capabilities.token_scoring``), else None."""
         return None
+
+    @property
+    def sampling_defaults(self) -> Mapping[str, Any]:
+        """Sampling settings used when the client gives none (the policy's ``defaults:``)."""
+        return {}
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], extra: Mapping[str, Any]) -> EmbeddingResult:
+        """Embeddings of ``inputs`` (``capabilities.embeddings``); ``extra`` is relayed upstream."""
+        raise UnsupportedParameterError(f"backend {self.name!r} does not serve embeddings", param="model")
 
     async def start(self) -> None:  # noqa: B027 - optional hook, default no-op
         """Load models / open connection pools."""

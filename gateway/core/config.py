@@ -7,13 +7,21 @@ the policy schema that unites them can all use them without importing each other
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
 class StrategyBase(BaseModel):
+    """What every strategy's config has. A subclass (in ``routers/<strategy>/config.py``) sets
+    ``type: Literal["<tag>"]`` and ``implementation``, the ``"module:Class"`` of the strategy it
+    configures; the strategy registry reads both off the policy's union (docs/extending.md).
+    """
+
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    implementation: ClassVar[str]
 
     def referenced_backends(self) -> list[str]:
         """Backend names this strategy calls directly."""
@@ -22,6 +30,29 @@ class StrategyBase(BaseModel):
     def referenced_models(self) -> list[str]:
         """Other public models (strategies) this strategy delegates to."""
         return []
+
+    def referenced_targets(self) -> list[str]:
+        """Bare names that must be a backend *or* a model (resolved when the strategy starts)."""
+        return []
+
+    def anchored(self, base: Path) -> Self:
+        """This config with relative file paths resolved against ``base`` (the policy's folder)."""
+        return self
+
+
+def split_target(target: str) -> tuple[str | None, str]:
+    """A delegation target ``NAME`` / ``backend:NAME`` / ``model:NAME`` as ``(kind, name)``;
+    kind None means "resolved at start, backend first" (rules, learned)."""
+    kind, sep, name = target.partition(":")
+    if sep and kind in ("backend", "model"):
+        return kind, name
+    return None, target
+
+
+def anchored_path(path: str, base: Path) -> str:
+    """``path`` with ``~`` expanded and, when relative, joined to ``base``."""
+    expanded = Path(path).expanduser()
+    return str(expanded if expanded.is_absolute() else base / expanded)
 
 
 class StrictModel(BaseModel):
@@ -71,6 +102,22 @@ class CircuitBreakerPolicy(StrictModel):
     cooldown_s: float = Field(10.0, gt=0)
 
 
+class SamplingDefaults(StrictModel):
+    """What a backend's model samples with when the client sets nothing (docs/api.md).
+
+    OpenAI's defaults (temperature 1, top_p 1) suit large models; a small one such as
+    SmolLM2-135M rambles at temperature 1, and its card recommends 0.2 / 0.9. Like vLLM's
+    use of a model's generation config, these apply only to parameters the request omits
+    (or sends as null); an HTTP upstream is sent only what the client or these set.
+    """
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+
+    def as_dict(self) -> dict[str, float]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class BackendConfigBase(StrictModel):
     """What every backend kind's config has. A subclass sets ``type: Literal["<tag>"]`` and
     ``implementation``, the ``"module:Class"`` of the backend it configures; the backend
@@ -88,3 +135,15 @@ class BackendConfigBase(StrictModel):
     timeouts: Timeouts = Timeouts()
     retry: RetryPolicy = RetryPolicy()
     circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
+    defaults: SamplingDefaults = SamplingDefaults()
+
+    def with_process_threads(self, threads: int | None) -> Self:
+        """This config with the process-wide thread setting (``SLM_GATEWAY_THREADS``) applied;
+        a kind that runs a model in-process fills in its own unset ``threads``, others ignore it."""
+        return self
+
+    def max_output_tokens(self) -> int:
+        """The most tokens one answer can take when the request sets no ``max_tokens`` (what a
+        key's budget reserves): a remote upstream may write up to its context length; a kind
+        with its own default (an in-process engine) overrides this."""
+        return self.context_length

@@ -1,6 +1,6 @@
 """The routing-strategy contract.
 
-A strategy is built once per policy load from its config (a :mod:`policies.strategies`
+A strategy is built once per policy load from its config (a ``routers/<strategy>/config.py``
 model) and the gateway's backends. For each request it yields :class:`TokenChunk` events
 and ends with one :class:`AnswerDone`; streaming and non-streaming responses are both
 assembled from that one iterator, so no strategy has two code paths.
@@ -15,16 +15,19 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Protocol, TypeVar
 
 from gateway.core.backend import (
     Backend,
     ChatMessage,
     CompletionPrompt,
+    EmbeddingResult,
+    GenerationDone,
     GenerationEvent,
     SamplingParams,
     TokenChunk,
+    check_supported,
 )
 from gateway.core.config import Price, StrategyBase
 from gateway.core.errors import GatewayError, InvalidRequestError, error_kind
@@ -39,6 +42,16 @@ class AnswerDone:
     prompt_tokens: int
     completion_tokens: int
     model: str
+    # The answering backend's extra top-level and usage fields, relayed (GenerationDone's).
+    response_fields: dict[str, Any] = field(default_factory=dict)
+    usage_fields: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, done: GenerationDone, **changes: Any) -> AnswerDone:
+        """The answer a backend's generation ends with, with ``changes`` (e.g. summed tokens)."""
+        answer = cls(done.finish_reason, done.prompt_tokens, done.completion_tokens, done.model,
+                     done.response_fields, done.usage_fields)
+        return replace(answer, **changes) if changes else answer
 
 
 StrategyEvent = TokenChunk | AnswerDone
@@ -80,13 +93,38 @@ class GatewayResources:
         return self.backends[name]
 
 
+class CallBudget(Protocol):
+    """A request's spending limit, asked before every upstream call (a virtual key's budget).
+
+    ``hold`` reserves the call's worst-case cost (nano-dollars, returned) before it starts, or
+    raises a :class:`~gateway.core.errors.RateLimitError` and the call is never made;
+    ``release`` turns that hold into what the call really cost once it ended.
+    """
+
+    async def hold(self, backend: str, prompt: Sequence[ChatMessage] | CompletionPrompt,
+                   max_tokens: int | None) -> int: ...
+
+    def release(self, held: int, cost_usd: float) -> None: ...
+
+
 class RequestContext:
     """Per-request state a strategy writes to: the accounting record and response headers."""
 
-    def __init__(self, record: RequestRecord, resources: GatewayResources) -> None:
+    def __init__(self, record: RequestRecord, resources: GatewayResources, budget: CallBudget | None = None) -> None:
         self.record = record
         self.resources = resources
         self.response_headers: dict[str, str] = {}
+        self.budget = budget  # None: nothing limits this request's spending (admin, auth off, no budget)
+
+    async def reserve_call(self, backend_name: str, prompt: Sequence[ChatMessage] | CompletionPrompt,
+                           max_tokens: int | None) -> int:
+        """For a call made outside call_chat / call_completion (e.g. a remote verify round): hold its
+        worst case before making it; pass the result to :meth:`release_call` when it ended."""
+        return await self.budget.hold(backend_name, prompt, max_tokens) if self.budget is not None else 0
+
+    def release_call(self, held: int, cost_usd: float) -> None:
+        if self.budget is not None:
+            self.budget.release(held, cost_usd)
 
     def set_route(self, route: str) -> None:
         self.record.route = route
@@ -96,7 +134,9 @@ class RequestContext:
         *, purpose: str = "answer",
     ) -> AsyncIterator[GenerationEvent]:
         backend = self.resources.backend(backend_name)
-        async for event in self._record_call(backend, backend.stream_chat(messages, params), purpose):
+        params = self.backend_params(backend, params)
+        held = await self.reserve_call(backend_name, messages, params.max_tokens)  # before the call exists
+        async for event in self._record_call(backend, backend.stream_chat(messages, params), purpose, held):
             yield event
 
     async def call_completion(
@@ -104,14 +144,58 @@ class RequestContext:
         *, purpose: str = "answer",
     ) -> AsyncIterator[GenerationEvent]:
         backend = self.resources.backend(backend_name)
-        async for event in self._record_call(backend, backend.stream_completion(prompt, params), purpose):
+        params = self.backend_params(backend, params)
+        held = await self.reserve_call(backend_name, prompt, params.max_tokens)
+        async for event in self._record_call(backend, backend.stream_completion(prompt, params), purpose, held):
             yield event
+
+    async def call_embeddings(
+        self, backend_name: str, inputs: Sequence[str] | Sequence[Sequence[int]], extra: Mapping[str, Any],
+    ) -> EmbeddingResult:
+        """One recorded embeddings call (its tokens are prompt tokens, priced as input)."""
+        backend = self.resources.backend(backend_name)
+        call = CallRecord(backend=backend.name, model=backend.model_name, started_at=time.time(), purpose="answer")
+        self.record.calls.append(call)
+        started = time.perf_counter()
+        price = self.resources.prices.get(backend.name) or Price(input_per_1m=0.0, output_per_1m=0.0)
+        try:
+            result = await backend.embed(inputs, extra)
+        except BaseException as exc:
+            call.status = "cancelled" if _is_cancel(exc) else error_kind(exc)
+            _settle(call, started, price)
+            raise
+        call.model, call.prompt_tokens = result.model, result.prompt_tokens
+        _settle(call, started, price)
+        return result
+
+    def backend_params(self, backend: Backend, params: SamplingParams) -> SamplingParams:
+        """``params`` as ``backend`` receives them: its sampling defaults for what the client
+        left unset, the client's streaming flag; a parameter it cannot honour is a 400 here,
+        before any call is made."""
+        check_supported(backend, params)
+        defaults = {k: v for k, v in backend.sampling_defaults.items() if k in params.defaulted}
+        if defaults:
+            params = replace(params, defaulted=params.defaulted - defaults.keys(), **defaults)
+        return self.client_params(params)
 
     def last_call(self) -> CallRecord:
         return self.record.calls[-1]
 
+    def client_params(self, params: SamplingParams) -> SamplingParams:
+        """``params`` saying whether the client streams, whatever params a strategy built: the
+        reliability wrapper reads it to decide whether a call's total time is bounded."""
+        if params.client_stream == self.record.stream:
+            return params
+        return replace(params, client_stream=self.record.stream)
+
+    def price_call(self, call: CallRecord) -> None:
+        """Set a call's cost from its tokens at its backend's price. Every call is priced once,
+        when it ends: here for calls recorded by :meth:`call_chat` / :meth:`call_completion`,
+        and by the strategy for a call it records itself (a remote verify round)."""
+        _price(call, self.resources.prices.get(call.backend))
+
     async def _record_call(
-        self, backend: Backend, events: AsyncIterator[GenerationEvent], purpose: str
+        self, backend: Backend, events: AsyncIterator[GenerationEvent], purpose: str, held: int = 0
     ) -> AsyncIterator[GenerationEvent]:
         call = CallRecord(backend=backend.name, model=backend.model_name, started_at=time.time(), purpose=purpose)
         self.record.calls.append(call)
@@ -133,6 +217,7 @@ class RequestContext:
                     # Settle now: the consumer may never resume this generator after the last
                     # event, so the finally block below cannot be relied on for a completed call.
                     _settle(call, started, price)
+                    self.release_call(held, call.cost_usd)
                 yield event
         except GatewayError as exc:
             call.status = error_kind(exc)
@@ -141,13 +226,19 @@ class RequestContext:
             call.status = "cancelled" if _is_cancel(exc) else error_kind(exc)
             raise
         finally:
-            if call.latency_ms == 0.0:
+            if call.latency_ms == 0.0:  # not settled above: failed, cut short or cancelled
                 _settle(call, started, price)
+                self.release_call(held, call.cost_usd)
 
 
 def _settle(call: CallRecord, started: float, price: Price) -> None:
     call.latency_ms = (time.perf_counter() - started) * 1000
-    call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens)
+    _price(call, price)
+
+
+def _price(call: CallRecord, price: Price | None) -> None:
+    """The one pricing function: the record's totals are sums of these (accounting.finalize)."""
+    call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens) if price is not None else 0.0
 
 
 def _is_cancel(exc: BaseException) -> bool:
@@ -183,5 +274,21 @@ class Strategy(ABC, Generic[ConfigT]):
             param="model",
         )
 
+    async def embed(
+        self, inputs: Sequence[str] | Sequence[Sequence[int]], extra: Mapping[str, Any], ctx: RequestContext
+    ) -> EmbeddingResult:
+        """Answer /v1/embeddings. Only strategies bound to one embedding backend support it."""
+        raise InvalidRequestError(
+            f"model {self.public_name!r} ({self.config.__class__.__name__}) does not serve /v1/embeddings",
+            param="model",
+        )
+
     def ready(self) -> bool:
         return True
+
+    def delegates(self) -> tuple[list[str], list[str]]:
+        """``(backends, models)`` a request to this strategy may reach directly — what its
+        config names, plus what its bare target names resolve to in this policy. Siblings
+        follow it (the privacy guard's "does this stay local?", delegation loops) instead of
+        testing which strategy class they look at."""
+        return list(self.config.referenced_backends()), list(self.config.referenced_models())

@@ -10,7 +10,8 @@ Every backend the runtime builds is wrapped in one (``gateway/runtime.py``). Per
    inside that same budget (:mod:`gateway.reliability.retry`);
 3. after the first event no retry is ever made (the client may have seen tokens); the gap
    between two events is bounded by ``timeouts.idle`` and, when the client did not ask for a
-   stream, the whole call by ``timeouts.total``. A timeout raises ``UpstreamTimeoutError``.
+   stream (``SamplingParams.client_stream``, set on every call by the request's context), the
+   whole call by ``timeouts.total``. A timeout raises ``UpstreamTimeoutError``.
 
 Outcomes feed the breaker: an upstream failure (5xx, timeout, unreachable) counts against
 it, a finished generation for it, a cancelled call or a client error not at all. A backend
@@ -25,8 +26,7 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextvars import ContextVar
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.core.backend import (
@@ -34,6 +34,7 @@ from gateway.core.backend import (
     BackendCapabilities,
     ChatMessage,
     CompletionPrompt,
+    EmbeddingResult,
     GenerationDone,
     GenerationEvent,
     SamplingParams,
@@ -45,11 +46,6 @@ from gateway.reliability.circuit import CircuitBreaker
 from gateway.reliability.retry import counts_as_upstream_failure, is_retryable, retry_delay_s
 
 logger = logging.getLogger(__name__)
-
-# Whether the client asked for a stream. Set per request by routers.fallback.FallbackChain
-# (each request runs in its own task, so the value never leaks to another request); when
-# unknown (direct backend use in tools and benchmarks) the call is treated as non-streamed.
-CLIENT_STREAMING: ContextVar[bool | None] = ContextVar("slm_gateway_client_streaming", default=None)
 
 StreamFactory = Callable[[], AsyncIterator[GenerationEvent]]
 
@@ -91,6 +87,30 @@ class GuardedBackend(Backend):
         return self.inner.token_scorer()
 
     @property
+    def sampling_defaults(self) -> Mapping[str, Any]:
+        return self.inner.sampling_defaults
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], extra: Mapping[str, Any]) -> EmbeddingResult:
+        """One embeddings call under the breaker and the first-token budget (it has no stream)."""
+        if not self.breaker.allow():
+            raise self._circuit_open_error()
+        try:
+            async with asyncio.timeout(self.timeouts.first_token):
+                result = await self.inner.embed(inputs, extra)
+        except TimeoutError:
+            self.breaker.record_failure()
+            raise UpstreamTimeoutError(f"backend {self.name!r} gave no embeddings within "
+                                       f"{self.timeouts.first_token:g}s", backend=self.name) from None
+        except GatewayError as exc:
+            self._settle_error(exc)
+            raise
+        except BaseException:
+            self.breaker.record_neutral()
+            raise
+        self.breaker.record_success()
+        return result
+
+    @property
     def circuit_state(self) -> str:
         return self.breaker.state
 
@@ -107,17 +127,17 @@ class GuardedBackend(Backend):
         return await self.inner.tokenize(text)
 
     def stream_chat(self, messages: Sequence[ChatMessage], params: SamplingParams) -> AsyncIterator[GenerationEvent]:
-        return self._guard(lambda: self.inner.stream_chat(messages, params))
+        return self._guard(lambda: self.inner.stream_chat(messages, params), params.client_stream)
 
     def stream_completion(self, prompt: CompletionPrompt, params: SamplingParams) -> AsyncIterator[GenerationEvent]:
-        return self._guard(lambda: self.inner.stream_completion(prompt, params))
+        return self._guard(lambda: self.inner.stream_completion(prompt, params), params.client_stream)
 
     # --- the guard ------------------------------------------------------------------------------
 
-    async def _guard(self, open_call: StreamFactory) -> AsyncIterator[GenerationEvent]:
+    async def _guard(self, open_call: StreamFactory, client_stream: bool) -> AsyncIterator[GenerationEvent]:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        total_deadline = math.inf if CLIENT_STREAMING.get() is True else started + self.timeouts.total
+        total_deadline = math.inf if client_stream else started + self.timeouts.total
         first_deadline = min(started + self.timeouts.first_token, total_deadline)
         stream, event = await self._first_event(open_call, first_deadline)
         settled = False

@@ -6,6 +6,11 @@ time budget. Retryable: the upstream could not be reached or was unavailable (co
 errors, 502, 503), any other 5xx or a broken connection, an upstream timeout (504), and 429
 *with* ``Retry-After`` (the wait it asks for is honoured). Everything else — a request the
 upstream rejected, credentials, a 429 without a hint — is final.
+
+An upstream 4xx (400, 401, 403, 404, 422, ...; all but 408 and 429) says the request or the
+gateway's configuration is wrong, not that the upstream is unhealthy: it is never retried and
+never counts against the circuit breaker (a wrong API key must not open the circuit and turn
+into ``circuit_open`` for everyone).
 """
 
 from __future__ import annotations
@@ -17,13 +22,21 @@ from gateway.core.config import RetryPolicy
 from gateway.core.errors import GatewayError, RateLimitError, UpstreamError
 
 NOT_RETRYABLE_CODES = frozenset({"circuit_open", "upstream_auth_failed"})
+# 4xx statuses that do say something about the upstream's health or load.
+UPSTREAM_CONDITION_4XX = frozenset({408, 429})
+
+
+def is_client_side(exc: BaseException) -> bool:
+    """An upstream's 4xx about the request or our credentials (see the module docstring)."""
+    status = getattr(exc, "upstream_status", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in UPSTREAM_CONDITION_4XX
 
 
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, RateLimitError):
         return "retry-after" in exc.headers
     if isinstance(exc, UpstreamError):
-        if exc.code in NOT_RETRYABLE_CODES:
+        if exc.code in NOT_RETRYABLE_CODES or is_client_side(exc):
             return False
         # upstream_status None: transport failure or a broken stream, both worth a retry.
         return exc.upstream_status is None or exc.upstream_status >= 500
@@ -32,7 +45,7 @@ def is_retryable(exc: BaseException) -> bool:
 
 def counts_as_upstream_failure(exc: BaseException) -> bool:
     """Whether an error says the upstream is unhealthy (feeds the circuit breaker)."""
-    return isinstance(exc, UpstreamError) and exc.code != "circuit_open"
+    return isinstance(exc, UpstreamError) and exc.code != "circuit_open" and not is_client_side(exc)
 
 
 def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:

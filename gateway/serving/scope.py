@@ -2,7 +2,10 @@
 
 Whatever happens — success, an error before or after the stream started, the client
 going away — :meth:`RequestScope.finish` finalises the record and hands it to the
-accounting sink, so no request goes unrecorded.
+accounting sink, so no request goes unrecorded. ``finish`` returns once the record and the
+key's settlement are journaled (durable), and the answer's last bytes are sent only after it:
+an answered request always has its record, even if the process is killed the next instant.
+Error responses produced from here on carry the request id (:meth:`RequestScope.fail`).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class RequestScope:
             request_id=new_id("req"), public_model=strategy.public_name, endpoint=endpoint, stream=stream,
             key_id=key_id,
         )
-        self.ctx = RequestContext(self.record, strategy.resources)
+        self.ctx = RequestContext(self.record, strategy.resources, ticket.meter if ticket is not None else None)
         self._finished = False
 
     @property
@@ -62,10 +65,7 @@ class RequestScope:
         self.record.latency_ms = (time.perf_counter() - self.started) * 1000
         if usage is not None:
             self.record.prompt_tokens, self.record.completion_tokens = usage
-        policy = self.state.runtime.policy
-        reference = policy.gateway.reference_llm
-        price = policy.backends[reference].price if reference and reference in policy.backends else None
-        finalize_record(self.record, price, {name: b.price for name, b in policy.backends.items()})
+        finalize_record(self.record, self.state.runtime.reference_price)
 
     def cost_headers(self) -> dict[str, str]:
         return {
@@ -73,24 +73,38 @@ class RequestScope:
             "x-slm-gateway-latency-ms": f"{self.record.latency_ms:.1f}",
         }
 
-    def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, GatewayError):
-            self.record.status, self.record.http_status = error_kind(exc), exc.status_code
-        else:
-            self.record.status, self.record.http_status = error_kind(exc), 500
+    def fail(self, exc: BaseException) -> BaseException:
+        """Record the failure; return what the client gets: a GatewayError carrying this request's
+        id and route headers (an unexpected exception is logged and becomes a plain 500)."""
+        if not self._finished:
+            status = exc.status_code if isinstance(exc, GatewayError) else 500
+            self.record.status, self.record.http_status = error_kind(exc), status
+        if not isinstance(exc, Exception):
+            return exc  # cancellation: nobody to answer
+        if not isinstance(exc, GatewayError):
+            logger.error("unhandled error in request %s", self.record.request_id, exc_info=exc)
+            exc = GatewayError("The gateway hit an internal error; it has been logged.")
+        for name, value in self.headers().items():
+            exc.headers.setdefault(name, value)
+        return exc
 
     def client_gone(self) -> None:
-        self.record.status, self.record.http_status = "client_disconnected", 499
+        if not self._finished:  # after finish the record is journaled as it was answered
+            self.record.status, self.record.http_status = "client_disconnected", 499
 
     async def finish(self, usage: tuple[int, int] | None = None) -> None:
         if self._finished:
             return
         self._finished = True
         self.settle(usage)
-        if self.ticket is not None:  # real cost replaces the reservation: errors and cut streams included
-            await self.ticket.settle(self.record)
+        # The real cost replaces the reservation: errors and cut streams included.
+        settlement = self.ticket.settlement(self.record) if self.ticket is not None else None
+        accounting = self.state.accounting
         try:
             self.state.metrics.observe(self.record)
-            await self.state.accounting.submit(self.record)
+            await accounting.submit(self.record, settlement)  # journaled (durable) when it returns
         except Exception:  # accounting must never break a response; the sink spools itself
             logger.exception("accounting failed for %s", self.record.request_id)
+        if self.ticket is not None and settlement is not None:
+            request_id = self.record.request_id
+            await self.ticket.settle(settlement, on_settled=lambda: accounting.settled(request_id))

@@ -34,9 +34,11 @@ async def collected(request: Request, scope: RequestScope, work: Coroutine[Any, 
         await scope.finish()
         return None
     except BaseException as exc:
-        scope.fail(exc)
+        to_client = scope.fail(exc)
         await scope.finish()
-        raise
+        if to_client is exc:
+            raise
+        raise to_client from exc
 
 
 @dataclass
@@ -50,9 +52,11 @@ async def first_event(events: AsyncIterator[E], scope: RequestScope) -> E:
     try:
         event = await events.__anext__()
     except BaseException as exc:
-        scope.fail(exc)
+        to_client = scope.fail(exc)
         await scope.finish()
-        raise
+        if to_client is exc:
+            raise
+        raise to_client from exc
     scope.mark_first_token()
     return event
 
@@ -60,26 +64,35 @@ async def first_event(events: AsyncIterator[E], scope: RequestScope) -> E:
 async def terminated(
     chunks: AsyncGenerator[bytes, None], events: AsyncIterator[Any], scope: RequestScope, usage: StreamUsage
 ) -> AsyncIterator[bytes]:
-    """``chunks`` as the client receives them, always closed by ``[DONE]``."""
+    """``chunks`` as the client receives them, always closed by ``[DONE]``.
+
+    ``[DONE]`` goes out only after :meth:`RequestScope.finish` has journaled the record and the
+    settlement: once the client holds a complete answer, its record survives a crash.
+    """
     try:
-        async for data in chunks:
-            yield data
-        yield DONE
-    except GatewayError as exc:
-        scope.fail(exc)
-        yield encode_event(error_body(exc))
-        yield DONE
-    except Exception as exc:
-        scope.fail(exc)
-        yield encode_event(error_body(GatewayError("internal error while streaming")))
+        try:
+            async for data in chunks:
+                yield data
+        except GatewayError as exc:
+            scope.fail(exc)
+            yield encode_event(error_body(exc))
+        except Exception as exc:
+            scope.fail(exc)
+            yield encode_event(error_body(GatewayError("internal error while streaming")))
+        await _finish(chunks, events, scope, usage)
         yield DONE
     except BaseException:  # client disconnected: Starlette cancels us
         scope.client_gone()
         raise
     finally:
-        await chunks.aclose()
-        await close_events(events)
-        await scope.finish(usage.tokens)
+        await _finish(chunks, events, scope, usage)  # idempotent: settles a stream cut short
+
+
+async def _finish(chunks: AsyncGenerator[bytes, None], events: AsyncIterator[Any], scope: RequestScope,
+                  usage: StreamUsage) -> None:
+    await chunks.aclose()
+    await close_events(events)
+    await scope.finish(usage.tokens)
 
 
 async def close_events(events: AsyncIterator[Any]) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 
 from gateway.core.backend import TokenLogprob
-from policies.cascade import EarlyExit
+from routers.cascade.config import EarlyExit
 
 
 class RunningCheck:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.core.strategy import ChatRequestView, RequestContext
-from policies.cascade import RouterStage
+from routers.cascade.config import RouterStage
 
 if TYPE_CHECKING:
     from routers.learned.router import LearnedRouter

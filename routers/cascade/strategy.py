@@ -21,13 +21,12 @@ from dataclasses import replace
 from gateway.core.backend import CompletionPrompt, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
 from gateway.core.errors import UpstreamUnavailableError
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
-from policies.cascade import CascadeStrategy, CascadeTier
 from policies.loader import PolicyError
 from routers.cascade.calibration import apply_calibration
+from routers.cascade.config import CascadeStrategy, CascadeTier
 from routers.cascade.monitor import RunningCheck
 from routers.cascade.prerouter import PreRouter, Shortcut
 from routers.cascade.scorers import SCORERS
-from routers.registry import register_strategy
 
 CONFIDENCE_HEADER = "x-slm-gateway-confidence"
 
@@ -41,7 +40,6 @@ def client_chunk(event: TokenChunk, params: SamplingParams) -> TokenChunk:
     return TokenChunk(text=event.text, logprobs=trimmed, token_ids=event.token_ids)
 
 
-@register_strategy("cascade")
 class Cascade(Strategy[CascadeStrategy]):
     def __init__(self, public_name: str, config: CascadeStrategy, resources: GatewayResources) -> None:
         super().__init__(public_name, config, resources)
@@ -195,7 +193,8 @@ class Cascade(Strategy[CascadeStrategy]):
                 prompt_tokens = done.prompt_tokens
             if done is not None and (check is None or check.failed_at is None):
                 ctx.record.escalated = index > 0
-                yield AnswerDone(done.finish_reason, prompt_tokens or done.prompt_tokens, streamed, done.model)
+                yield AnswerDone.of(done, prompt_tokens=prompt_tokens or done.prompt_tokens,
+                                     completion_tokens=streamed)
                 return
             ctx.record.escalated = True
             at_token = check.failed_at if check is not None else None
@@ -204,4 +203,4 @@ class Cascade(Strategy[CascadeStrategy]):
 
 
 def _answer(done: GenerationDone) -> AnswerDone:
-    return AnswerDone(done.finish_reason, done.prompt_tokens, done.completion_tokens, done.model)
+    return AnswerDone.of(done)

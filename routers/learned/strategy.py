@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Literal
 
+from gateway.core.config import split_target
 from gateway.core.errors import UpstreamUnavailableError
 from gateway.core.strategy import (
     ChatRequestView,
@@ -22,9 +23,8 @@ from gateway.core.strategy import (
     StrategyEvent,
 )
 from policies.loader import PolicyError
-from policies.strategies import LearnedStrategy, split_target
+from routers.learned.config import LearnedStrategy
 from routers.learned.router import LearnedRouter
-from routers.registry import register_strategy
 from routers.targets import Target, answer_from, resolve_target, target_ready
 
 SCORE_HEADER = "x-slm-gateway-router-score"
@@ -40,7 +40,6 @@ def routing_text(request: ChatRequestView, embed: Literal["last_user", "conversa
     return "\n".join(reversed(turns))
 
 
-@register_strategy("learned")
 class Learned(Strategy[LearnedStrategy]):
     def __init__(self, public_name: str, config: LearnedStrategy, resources: GatewayResources) -> None:
         super().__init__(public_name, config, resources)
@@ -70,6 +69,14 @@ class Learned(Strategy[LearnedStrategy]):
         if target.kind == "model" and target.name == self.public_name:
             problems.append(f"target {raw!r} delegates back to {self.public_name!r}")
         return target
+
+    def delegates(self) -> tuple[list[str], list[str]]:
+        backends, models = super().delegates()
+        for raw in self.config.referenced_targets():
+            target = resolve_target(raw, self.resources)
+            if target is not None:
+                (backends if target.kind == "backend" else models).append(target.name)
+        return backends, models
 
     @property
     def threshold(self) -> float:

@@ -1,4 +1,4 @@
-"""Apply a :class:`~policies.strategies.PrivacyPolicy` to a chat request.
+"""Apply a :class:`~routers.privacy.config.PrivacyPolicy` to a chat request.
 
 The guard looks at everything a cloud upstream would receive: every message's content
 and every string in the pass-through fields (``SamplingParams.extra``). It reports *which*
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.strategy import ChatRequestView
-from policies.strategies import PrivacyAction, PrivacyPolicy
+from routers.privacy.config import PrivacyAction, PrivacyPolicy
 from routers.privacy.detectors import DETECTOR_NAMES, DETECTORS, scan
 from routers.privacy.redaction import Redactor
 

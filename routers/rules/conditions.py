@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from gateway.core.strategy import ChatRequestView
-from policies.strategies import Rule, RuleConditions, TokenRange, ValueMatch
+from routers.rules.config import Rule, RuleConditions, TokenRange, ValueMatch
 
 CHARS_PER_TOKEN = 4  # estimate when no local tokenizer: ~4 characters per English BPE token
 

@@ -23,11 +23,10 @@ from gateway.core.strategy import (
     StrategyEvent,
 )
 from policies.loader import PolicyError
-from policies.strategies import RulesStrategy
 from routers.privacy.guard import PrivacyFinding, inspect_request, redact_request
 from routers.privacy.redaction import Redactor, StreamRestorer
-from routers.registry import register_strategy
 from routers.rules.conditions import CompiledRule, RequestFacts, estimate_tokens
+from routers.rules.config import RulesStrategy
 from routers.targets import Target, answer_from, resolve_target
 
 RULE_HEADER = "x-slm-gateway-rule"
@@ -35,7 +34,6 @@ PRIVACY_HEADER = "x-slm-gateway-privacy"
 DEFAULT_RULE = "default"
 
 
-@register_strategy("rules")
 class Rules(Strategy[RulesStrategy]):
     def __init__(self, public_name: str, config: RulesStrategy, resources: GatewayResources) -> None:
         super().__init__(public_name, config, resources)
@@ -80,15 +78,15 @@ class Rules(Strategy[RulesStrategy]):
                 continue
         return resolved
 
+    def delegates(self) -> tuple[list[str], list[str]]:
+        backends, models = super().delegates()
+        for target in self.resolved_targets():
+            (backends if target.kind == "backend" else models).append(target.name)
+        return backends, models
+
     def _model_targets(self, public: str) -> list[str]:
         strategy = self.resources.strategies.get(public)
-        if strategy is None:
-            return []
-        config = strategy.config
-        names = list(config.referenced_models())
-        if isinstance(strategy, Rules):
-            names += [t.name for t in strategy.resolved_targets() if t.kind == "model"]
-        return names
+        return strategy.delegates()[1] if strategy is not None else []
 
     def _reaches(self, start: str, goal: str) -> bool:
         stack, seen = [start], set()
@@ -113,13 +111,7 @@ class Rules(Strategy[RulesStrategy]):
         if target.name in seen:
             return True
         seen.add(target.name)
-        strategy = self.resources.strategies[target.name]
-        backends = list(strategy.config.referenced_backends())
-        models = list(strategy.config.referenced_models())
-        if isinstance(strategy, Rules):
-            resolved = strategy.resolved_targets()
-            backends += [t.name for t in resolved if t.kind == "backend"]
-            models += [t.name for t in resolved if t.kind == "model"]
+        backends, models = self.resources.strategies[target.name].delegates()
         if not backends and not models:
             return False  # a strategy we cannot see into is assumed to reach the cloud
         return all(self.resources.backend(b).is_local for b in backends) and all(

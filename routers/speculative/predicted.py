@@ -36,7 +36,7 @@ async def predicted_answer(
                 "rejected": details.get("rejected_prediction_tokens"),
                 "target_calls": 1,
             }
-            yield AnswerDone(event.finish_reason, event.prompt_tokens, event.completion_tokens, event.model)
+            yield AnswerDone.of(event)
         else:
             yield event
 

@@ -1,59 +1,70 @@
-"""``speculative``: a small draft proposes tokens, the target verifies them (docs/speculative.md).
+"""``speculative``: drafts proposed cheaply, verified by the target (docs/speculative.md).
 
-Three ways to verify, chosen at policy load:
+Three ways to verify, chosen at policy load from what the target backend offers:
 
-* ``local`` — the target is an in-process model: one forward pass per round over the drafts,
-  the target's KV cache kept across rounds (:mod:`routers.speculative.decoding`).
-* ``remote`` — the target is an OpenAI-compatible server that returns prompt logprobs (vLLM,
-  another slm-gateway): one ``/v1/completions`` call per round (:mod:`.remote`).
+* ``local`` — the target has an in-process TokenScorer: one batched pass per round over the
+  drafts (:class:`~routers.speculative.verifiers.LocalVerifier`).
+* ``remote`` — the target returns prompt logprobs (vLLM, another slm-gateway): one
+  ``/v1/completions`` call per round through the backend itself.
 * ``predicted`` — a target that can only take hints (cloud APIs): the draft's whole answer
   goes out as OpenAI's ``prediction`` (:mod:`.predicted`).
 
-Decoding rounds run in a worker thread (the model is only read; each request owns its
-caches); one round runs at a time per strategy so concurrent requests interleave by round
-instead of fighting over the CPU cores.
+Everything goes through the :class:`~gateway.core.backend.Backend` interface; the adaptive
+controller (:mod:`.controller`) and its measured costs are shared by the strategy's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-import httpx
+import numpy as np
 
-from gateway.backends.local.backend import LocalModelBackend
-from gateway.backends.local.detokenize import IncrementalDetokenizer, StopMatcher
-from gateway.backends.openai.backend import OpenAICompatibleBackend
-from gateway.core.backend import Backend, TokenChunk
-from gateway.core.config import Price
-from gateway.core.errors import UnsupportedParameterError, UpstreamUnavailableError
-from gateway.core.record import CallRecord
+from gateway.core.backend import (
+    Backend,
+    CompletionPrompt,
+    GenerationDone,
+    GenerationEvent,
+    SamplingParams,
+    TokenChunk,
+    TokenScorer,
+)
+from gateway.core.detokenize import StopMatcher
+from gateway.core.errors import InvalidRequestError, UnsupportedParameterError, UpstreamError
 from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
 from policies.loader import PolicyError
-from policies.strategies import SpeculativeStrategy
-from routers.registry import register_strategy
-from routers.speculative.acceptance import DraftLength
-from routers.speculative.decoding import Decoding, Generation, Round, Speculator
-from routers.speculative.forward import CausalLM
+from routers.speculative.accounting import record_speculation
+from routers.speculative.calibration import calibrate_local, calibrate_remote
+from routers.speculative.config import BackendDraft, SpeculativeStrategy
+from routers.speculative.controller import Controller
+from routers.speculative.drafters import Drafter, ModelDrafter, NgramDrafter
+from routers.speculative.generation import Decoding, Generation
 from routers.speculative.predicted import predicted_answer
-from routers.speculative.remote import RemoteVerifier, remote_rounds, unique_decodings
-from routers.speculative.vocab import remote_tokenization_matches, same_vocabulary
+from routers.speculative.rounds import speculative_rounds
+from routers.speculative.verifiers import LocalVerifier, RemoteVerifier, Verifier
+from routers.speculative.vocab import remote_vocabulary_matches
 
 Mode = Literal["local", "remote", "predicted"]
 
 
-@register_strategy("speculative")
+@dataclass(frozen=True, slots=True)
+class _Finished:
+    finish: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
 class Speculative(Strategy[SpeculativeStrategy]):
     mode: Mode = "local"
-    _target_lm: CausalLM | None = None
-    _draft_lm: CausalLM | None = None
-    _tokenizer: Any = None
-    _eos: frozenset[int] = frozenset()
-    _verifier: RemoteVerifier | None = None
-    _round_lock: asyncio.Lock | None = None
+    _scorer: TokenScorer | None = None  # tokenizer and detokenizer of the token ids (target's or draft's)
+    _target_scorer: TokenScorer | None = None
+    _draft_scorers: dict[str, TokenScorer] | None = None
+    _controller: Controller | None = None
+    _calibration: asyncio.Lock | None = None
+    _vocabulary_checked = True
 
     # --- policy-load time -----------------------------------------------------------------
 
@@ -65,180 +76,222 @@ class Speculative(Strategy[SpeculativeStrategy]):
 
     async def _start(self) -> None:
         config = self.config
-        target = unwrap(self.resources.backend(config.target))
-        draft_backend = unwrap(self.resources.backend(config.draft.backend)) if config.draft.backend else target
-        self._round_lock = asyncio.Lock()
-        if isinstance(target, LocalModelBackend):
-            self.mode = "local"
-        elif config.mode == "verify" or (config.mode == "auto" and target.supports_prefix_continuation):
-            self.mode = "remote"
-        else:
-            self.mode = "predicted"
-        if config.draft.self_layers is not None and self.mode != "local":
-            raise ValueError("draft.self_layers needs an in-process (local) target")
+        target = self.resources.backend(config.target)
+        self._target_scorer = target.token_scorer()
+        self.mode = self._choose_mode(target)
+        self._calibration = asyncio.Lock()
         if self.mode == "predicted":
-            return  # any draft backend will do: only its text is sent
-        if not isinstance(draft_backend, LocalModelBackend):
-            raise ValueError(f"draft backend {draft_backend.name!r} must be local (in-process) to draft token ids")
-        if draft_backend.model is None:
-            raise ValueError(f"draft backend {draft_backend.name!r} has no model loaded")
-        self._tokenizer = draft_backend.tokenizer
-        self._eos = frozenset(_eos_ids(draft_backend))
-        self._draft_lm = CausalLM(draft_backend.model, config.draft.self_layers)
-        if isinstance(target, LocalModelBackend):
-            if not same_vocabulary(draft_backend.tokenizer, target.tokenizer):
-                raise ValueError(f"draft {draft_backend.name!r} and target {target.name!r} do not share a tokenizer "
-                                 "(different vocabularies): speculative decoding needs the same token ids")
-            self._target_lm = CausalLM(target.model)
+            if not config.draft_backends():
+                raise ValueError("predicted mode sends a draft model's answer: give a {backend: NAME} drafter")
             return
-        assert isinstance(target, OpenAICompatibleBackend)
-        await self._start_remote(target)
+        self._draft_scorers = {name: self._draft_scorer(name) for name in config.draft_backends()}
+        names = [d.backend if isinstance(d, BackendDraft) else "ngram" for d in config.drafters()]
+        self._controller = Controller(config.adaptive, config.max_k, None if config.adaptive_k else config.k, names)
+        if self._target_scorer is not None:
+            self._scorer = self._target_scorer
+            for name, scorer in self._draft_scorers.items():
+                if scorer.vocabulary_id != self._target_scorer.vocabulary_id:
+                    raise ValueError(
+                        f"draft {name!r} and target {target.name!r} do not share a vocabulary "
+                        f"({scorer.vocabulary_id!r} vs {self._target_scorer.vocabulary_id!r}): speculative "
+                        "decoding needs the same token ids")
+            return
+        if not self._draft_scorers:
+            raise ValueError(f"remote verification by {target.name!r} needs a {{backend: NAME}} drafter: its "
+                             "tokenizer turns the prompt into the token ids the target verifies")
+        self._scorer = next(iter(self._draft_scorers.values()))
+        self._vocabulary_checked = False
+        if target.ready:
+            await self._check_remote_vocabulary(target, at_start=True)
 
-    async def _start_remote(self, target: OpenAICompatibleBackend) -> None:
-        if not target.configured:
-            return  # answered with 503 like any unconfigured backend
-        api_key_env = target.config.api_key_env
-        api_key = os.environ.get(api_key_env, "") if api_key_env else ""
-        timeouts = target.config.timeouts
-        client = httpx.AsyncClient(
-            base_url=target.base_url, headers={"authorization": f"Bearer {api_key}"} if api_key else {},
-            timeout=httpx.Timeout(timeouts.idle, connect=timeouts.connect),
-        )
-        root = target.base_url.removesuffix("/v1")
-        matches = await remote_tokenization_matches(client, root, target.upstream_model, self._tokenizer)
-        if matches is False:
-            await client.aclose()
-            raise ValueError(f"target {target.name!r} tokenizes differently from the draft "
-                             "(POST /tokenize disagrees): speculative decoding needs the same token ids")
-        token_id_of = await asyncio.to_thread(unique_decodings, self._tokenizer)
-        self._verifier = RemoteVerifier(client, target.upstream_model, token_id_of, self.config.remote_top_logprobs)
+    def _choose_mode(self, target: Backend) -> Mode:
+        if self.config.mode == "predicted":
+            return "predicted"
+        if self._target_scorer is not None:
+            return "local"
+        if target.capabilities.prompt_logprobs:
+            return "remote"
+        if self.config.mode == "verify":
+            raise ValueError(f"target {target.name!r} can neither score tokens in-process nor return prompt "
+                             "logprobs: it cannot verify drafts (use mode: predicted)")
+        return "predicted"
+
+    def _draft_scorer(self, name: str) -> TokenScorer:
+        scorer = self.resources.backend(name).token_scorer()
+        if scorer is None:
+            raise ValueError(f"draft backend {name!r} has no in-process TokenScorer: drafting needs a local model")
+        return scorer
+
+    async def _check_remote_vocabulary(self, target: Backend, *, at_start: bool) -> None:
+        assert self._scorer is not None
+        matches = await remote_vocabulary_matches(target, self._scorer)
+        if matches is None:
+            return  # unreachable now: asked again on the first request
+        self._vocabulary_checked = True
+        if not matches:
+            message = (f"target {target.name!r} maps the draft's token ids to other text: it does not share the "
+                       "draft's vocabulary, and speculative decoding needs the same token ids")
+            if at_start:
+                raise ValueError(message)
+            raise UpstreamError(message, backend=target.name, code="speculative_vocabulary_mismatch")
 
     def ready(self) -> bool:
-        backends = [self.config.target] + ([self.config.draft.backend] if self.config.draft.backend else [])
-        return all(self.resources.backend(name).ready for name in backends)
+        return all(self.resources.backend(name).ready for name in self.config.referenced_backends())
 
     # --- per request ----------------------------------------------------------------------
 
     async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
         ctx.set_route("speculative")
         if self.mode == "predicted":
-            async for event in predicted_answer(request, ctx, self.config.draft.backend or self.config.target,
-                                                self.config.target):
+            async for event in predicted_answer(request, ctx, self.config.draft_backends()[0], self.config.target):
                 yield event
             return
         if request.params.logprobs:
             raise UnsupportedParameterError("logprobs are not available from a speculative model", param="logprobs")
-        if self.mode == "remote" and self._verifier is None:  # unconfigured target
-            target = self.resources.backend(self.config.target)
-            raise UpstreamUnavailableError(f"speculative target {target.name!r} is not configured", backend=target.name)
-        draft_backend = self._draft_backend()
-        prompt = await draft_backend.render_chat_prompt(request.messages)
-        prompt_ids: list[int] = self._tokenizer.encode(prompt or "", add_special_tokens=False)
-        params = request.params
-        decoding = Decoding(
-            max_new_tokens=params.max_tokens or _default_max_tokens(draft_backend),
-            temperature=params.temperature, top_p=params.top_p, seed=params.seed,
-        )
-        lengths = DraftLength(self.config.k, self.config.max_k, self.config.adaptive_k)
-        started, wall = time.perf_counter(), time.time()
-        generation: Generation
-        if self.mode == "local":
-            assert self._target_lm is not None and self._draft_lm is not None
-            generation = Speculator(self._target_lm, self._draft_lm, prompt_ids, set(self._eos), decoding, lengths)
-            rounds = self._local_rounds(generation)
-        else:
-            generation = Generation(prompt_ids, set(self._eos), decoding, lengths)
-            rounds = self._remote_rounds(generation)
-        detok = IncrementalDetokenizer(self._tokenizer)
-        stops = StopMatcher(params.stop)
+        # Remote targets render no template here: the drafter's (the same model family's) does.
+        renderer = self.resources.backend(self.config.target if self.mode == "local"
+                                          else self.config.draft_backends()[0])
+        text = await renderer.render_chat_prompt(request.messages)
+        if text is None:
+            raise InvalidRequestError(f"backend {renderer.name!r} has no chat template", param="messages")
+        assert self._scorer is not None
+        ids = await self._scorer.tokenize(text)
+        async for item in self._answer(ids, request.params, ctx):
+            if isinstance(item, _Finished):
+                yield AnswerDone(item.finish, item.prompt_tokens, item.completion_tokens, self._target().model_name)
+            else:
+                yield item
+
+    async def completion(
+        self, prompt: CompletionPrompt, params: SamplingParams, ctx: RequestContext
+    ) -> AsyncIterator[GenerationEvent]:
+        ctx.set_route("speculative")
+        if self.mode == "predicted":
+            raise InvalidRequestError(f"model {self.public_name!r} (predicted mode) serves chat only", param="model")
+        if prompt.echo or prompt.prompt_logprobs is not None or params.logprobs:
+            raise UnsupportedParameterError("echo and logprobs are not available from a speculative model",
+                                            param="logprobs")
+        assert self._scorer is not None
+        ids = list(prompt.token_ids) if prompt.token_ids is not None else await self._scorer.tokenize(prompt.text or "")
+        if not ids:
+            raise InvalidRequestError("prompt must not be empty", param="prompt")
+        if any(not 0 <= t < self._scorer.vocab_size for t in ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {self._scorer.vocab_size})", param="prompt")
+        async for event in self._answer(ids, params, ctx):
+            if isinstance(event, _Finished):
+                yield GenerationDone("length" if event.finish == "length" else "stop", event.prompt_tokens,
+                                     event.completion_tokens, self._target().model_name)
+            else:
+                yield event
+
+    async def _answer(self, ids: list[int], params: SamplingParams, ctx: RequestContext
+                      ) -> AsyncIterator[TokenChunk | _Finished]:
+        assert self._scorer is not None and self._controller is not None
+        if not self._vocabulary_checked:
+            await self._check_remote_vocabulary(self._target(), at_start=False)
+        decoding = Decoding(max_new_tokens=params.max_tokens or self.config.default_max_tokens,
+                            temperature=params.temperature, top_p=params.top_p, seed=params.seed)
+        generation = Generation(ids, self._scorer.eos_token_ids, decoding)
+        verifier = self._verifier(ctx)
+        drafters = self._drafters()
+        wall, started = time.time(), time.perf_counter()
         finish = "length"
+        holds = await self._reserve(ctx, ids, decoding.max_new_tokens)
         try:
-            async for step in rounds:
-                text, stopped = stops.feed("".join(detok.add(t) for t in step.tokens))
-                if text:
-                    yield TokenChunk(text=text, token_ids=tuple(step.tokens))
-                if stopped or step.finish:
-                    finish = "stop" if stopped else (step.finish or "stop")
-                    break
+            await self._calibrate(verifier, drafters, ids, generation)
+            loop_started = time.perf_counter()
+            rng = np.random.default_rng(decoding.seed)
+            rounds = speculative_rounds(generation, verifier, drafters, self._controller, rng, params.stop)
+            detokenizer = self._scorer.new_detokenizer()
+            stops = StopMatcher(params.stop)
+            try:
+                async for step in rounds:
+                    raw = step.text if step.text is not None else "".join(detokenizer.add(t) for t in step.tokens)
+                    text, stopped = stops.feed(raw)
+                    if text:
+                        yield TokenChunk(text=text, token_ids=tuple(step.tokens))
+                    if stopped or step.finish:
+                        finish = "stop" if stopped else (step.finish or "stop")
+                        break
+            finally:
+                await rounds.aclose()
+                generation.stats.wall_seconds = time.perf_counter() - loop_started
+            tail = stops.flush()
+            if tail:
+                yield TokenChunk(text=tail)
         finally:
-            await rounds.aclose()
-            self._record(ctx, generation, wall, started)
-        tail = stops.flush()
-        if tail:
-            yield TokenChunk(text=tail)
-        yield AnswerDone(finish, generation.prompt_tokens, generation.stats.emitted, self._target_backend().model_name)
+            self._record(ctx, generation, wall, started, holds)
+        yield _Finished(finish, generation.prompt_tokens, generation.stats.emitted)
 
-    async def _local_rounds(self, speculator: Speculator) -> AsyncGenerator[Round, None]:
-        assert self._round_lock is not None
-        while True:
-            async with self._round_lock:
-                step = await asyncio.to_thread(speculator.step)
-            yield step
-            if step.finish:
+    async def _calibrate(self, verifier: Verifier, drafters: Sequence[Drafter], ids: list[int],
+                         generation: Generation) -> None:
+        """Measure c(k) and d once per strategy, on the first request's prompt."""
+        controller = self._controller
+        assert controller is not None and self._calibration is not None
+        if controller.costs is not None:
+            return
+        async with self._calibration:
+            if controller.costs is not None:
                 return
+            started = time.perf_counter()
+            models = [d for d in drafters if isinstance(d, ModelDrafter)]
+            repeats = self.config.adaptive.calibration_repeats
+            if isinstance(verifier, RemoteVerifier):
+                try:
+                    costs = await calibrate_remote(verifier, models, ids, self.config.max_k, repeats)
+                except ValueError as exc:
+                    raise UpstreamError(f"cannot measure the speculative target's costs: {exc}",
+                                        backend=self.config.target) from None
+            else:
+                assert self._target_scorer is not None
+                costs = await calibrate_local(self._target_scorer, models, ids, self.config.max_k, repeats)
+            controller.costs = costs
+            generation.stats.calibration_seconds = time.perf_counter() - started
 
-    async def _remote_rounds(self, generation: Generation) -> AsyncGenerator[Round, None]:
-        assert self._verifier is not None and self._draft_lm is not None and self._round_lock is not None
-        async for step in remote_rounds(generation, self._draft_lm, self._verifier, self._round_lock):
-            yield step
+    def _verifier(self, ctx: RequestContext) -> Verifier:
+        if self._target_scorer is not None:
+            return LocalVerifier(self._target_scorer)
+        assert self._scorer is not None
+        return RemoteVerifier(ctx, self.config.target, self._scorer.vocab_size, self.config.remote_top_logprobs)
 
-    # --- accounting -----------------------------------------------------------------------
+    def _drafters(self) -> list[Drafter]:
+        """Fresh per request (the n-gram drafter caches its lookup for the round at hand)."""
+        assert self._draft_scorers is not None
+        drafters: list[Drafter] = []
+        for draft in self.config.drafters():
+            if isinstance(draft, BackendDraft):
+                drafters.append(ModelDrafter(draft.backend, self._draft_scorers[draft.backend]))
+            else:
+                drafters.append(NgramDrafter(draft.ngram))
+        return drafters
 
-    def _record(self, ctx: RequestContext, generation: Generation, wall: float, started: float) -> None:
-        stats = generation.stats
-        summary = stats.as_dict()
-        summary["mode"] = self.mode
-        summary["self_layers"] = self.config.draft.self_layers
-        latency_ms = (time.perf_counter() - started) * 1000
-        target = self._target_backend()
-        draft = self._draft_backend()
-        target_call = CallRecord(
-            backend=target.name, model=target.model_name, started_at=wall, purpose="verify",
-            prompt_tokens=stats.target_prompt_tokens if self.mode == "remote" else generation.prompt_tokens,
-            completion_tokens=stats.emitted if self.mode == "local" else stats.rounds,
-            latency_ms=stats.verify_seconds * 1000 if self.mode == "remote" else latency_ms,
-            extra={"target_passes": stats.target_passes},
-        )
-        draft_call = CallRecord(
-            backend=draft.name, model=draft.model_name, started_at=wall, purpose="draft",
-            prompt_tokens=generation.prompt_tokens, completion_tokens=stats.drafted,
-            latency_ms=stats.draft_seconds * 1000, extra={"draft_passes": stats.draft_passes},
-        )
-        for call in (target_call, draft_call):
-            price = ctx.resources.prices.get(call.backend) or Price()
-            call.cost_usd = price.cost(call.prompt_tokens, call.completion_tokens)
-            ctx.record.calls.append(call)
-        summary["target_calls" if self.mode == "remote" else "target_forward_passes"] = stats.target_passes
-        ctx.record.extra["speculative"] = summary
+    async def _reserve(self, ctx: RequestContext, ids: list[int], max_new: int) -> list[tuple[str, str, int]]:
+        """Hold the worst case of the in-process calls summed into the record at the end (remote
+        verify rounds are held one by one by call_completion): (purpose, backend, held)."""
+        prompt = CompletionPrompt(token_ids=ids)
+        wanted = [("verify", self.config.target, max_new)] if self.mode == "local" else []
+        # At most max_k drafts per emitted token.
+        wanted += [("draft", name, max_new * self.config.max_k) for name in self.config.draft_backends()]
+        holds: list[tuple[str, str, int]] = []
+        try:
+            for purpose, backend, tokens in wanted:
+                holds.append((purpose, backend, await ctx.reserve_call(backend, prompt, tokens)))
+        except BaseException:
+            for _, _, held in holds:
+                ctx.release_call(held, 0.0)
+            raise
+        return holds
 
-    def _target_backend(self) -> Backend:
+    def _record(self, ctx: RequestContext, generation: Generation, wall: float, started: float,
+                holds: list[tuple[str, str, int]]) -> None:
+        assert self._controller is not None
+        target = self._target()
+        drafts = {name: self.resources.backend(name).model_name for name in self.config.draft_backends()}
+        calls = record_speculation(ctx, generation, self._controller, self.mode, (target.name, target.model_name),
+                                   drafts, wall, started)
+        spent = {(c.purpose, c.backend): c.cost_usd for c in calls}
+        for purpose, backend, held in holds:
+            ctx.release_call(held, spent.get((purpose, backend), 0.0))
+
+    def _target(self) -> Backend:
         return self.resources.backend(self.config.target)
-
-    def _draft_backend(self) -> Backend:
-        return unwrap(self.resources.backend(self.config.draft.backend or self.config.target))
-
-
-def unwrap(backend: Backend) -> Backend:
-    """The raw backend under the gateway's reliability wrappers (``.inner``): speculation needs
-    the in-process model object or the upstream's address, not the guarded call path."""
-    inner = backend.__dict__.get("inner")
-    while isinstance(inner, Backend):
-        backend, inner = inner, inner.__dict__.get("inner")
-    return backend
-
-
-def _eos_ids(backend: LocalModelBackend) -> set[int]:
-    ids: set[int] = set()
-    for candidate in (backend.tokenizer.eos_token_id, getattr(backend.model.generation_config, "eos_token_id", None)):
-        if isinstance(candidate, int):
-            ids.add(candidate)
-        elif isinstance(candidate, list):
-            ids.update(candidate)
-    return ids
-
-
-def _default_max_tokens(backend: Backend) -> int:
-    backend = unwrap(backend)
-    if isinstance(backend, LocalModelBackend):
-        return backend.config.default_max_tokens
-    return 1024

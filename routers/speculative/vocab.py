@@ -1,46 +1,45 @@
-"""Draft and target must share a tokenizer: token ids mean nothing across vocabularies."""
+"""Draft and target must share a vocabulary: token ids mean nothing across tokenizers.
+
+In-process scorers declare a ``vocabulary_id`` (equal exactly when they map the same texts to
+the same ids). A remote target is asked through its backend: the draft's ids for a probe text
+are sent as a token-id prompt with prompt scores, and the text the target echoes for those
+ids must start with the probe text again (another vocabulary turns the ids into other text).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from typing import Any
 
-import httpx
+from gateway.core.backend import Backend, CompletionPrompt, GenerationDone, SamplingParams, TokenScorer
+from gateway.core.errors import GatewayError
 
 logger = logging.getLogger(__name__)
 
 PROBE_TEXT = "Speculative decoding: def f(x):\n    return x * 2  # ünïcødé 42"
 
 
-def vocabulary_digest(tokenizer: Any) -> str:
-    """A hash of the token -> id map (special tokens included)."""
-    items = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(repr(items).encode()).hexdigest()
+def decode(scorer: TokenScorer, ids: list[int]) -> str:
+    detokenizer = scorer.new_detokenizer()
+    return "".join(detokenizer.add(token) for token in ids)
 
 
-def same_vocabulary(draft_tokenizer: Any, target_tokenizer: Any) -> bool:
-    if draft_tokenizer is target_tokenizer:
-        return True
-    return vocabulary_digest(draft_tokenizer) == vocabulary_digest(target_tokenizer)
-
-
-async def remote_tokenization_matches(
-    client: httpx.AsyncClient, root_url: str, model: str, tokenizer: Any
-) -> bool | None:
-    """Compare the probe's ids with the server's ``POST /tokenize`` (vLLM's); None when the
-    server has no such endpoint (the check is then skipped, see docs/speculative.md)."""
+async def remote_vocabulary_matches(target: Backend, scorer: TokenScorer) -> bool | None:
+    """True / False when the target answered; None when it could not be asked (unreachable):
+    the check is then made again on the first request. A target that echoes no prompt text
+    cannot be checked at all (True, with a warning)."""
+    ids = await scorer.tokenize(PROBE_TEXT)
+    expected = decode(scorer, ids)
+    done: GenerationDone | None = None
     try:
-        response = await client.post(f"{root_url}/tokenize", json={"model": model, "prompt": PROBE_TEXT,
-                                                                    "add_special_tokens": False})
-    except httpx.HTTPError as exc:
-        logger.warning("speculative: cannot reach %s/tokenize (%s); tokenizer check skipped", root_url, exc)
+        async for event in target.stream_completion(CompletionPrompt(token_ids=ids, prompt_logprobs=0),
+                                                    SamplingParams(max_tokens=1, temperature=0.0)):
+            if isinstance(event, GenerationDone):
+                done = event
+    except GatewayError as exc:
+        logger.warning("speculative: cannot check %s's vocabulary yet (%s)", target.name, exc)
         return None
-    if response.status_code in (404, 405):
-        return None
-    if response.status_code >= 400:
-        logger.warning("speculative: %s/tokenize answered %s; tokenizer check skipped", root_url, response.status_code)
-        return None
-    remote = response.json().get("tokens")
-    local: list[int] = tokenizer.encode(PROBE_TEXT, add_special_tokens=False)
-    return bool(remote == local)
+    if done is None or done.prompt_text is None:
+        logger.warning("speculative: %s echoes no prompt text; vocabulary check skipped", target.name)
+        return True
+    # A prefix test: some servers' echo carries the generated token after the prompt's text.
+    return done.prompt_text.startswith(expected)

@@ -1,23 +1,30 @@
-"""``local`` backend: an in-process transformers model behind the Backend interface."""
+"""``local`` backend: an in-process model behind the Backend interface, on either engine.
+
+The backend is engine-generic: it validates requests, tokenizes, turns engine events into
+:class:`TokenChunk`/:class:`GenerationDone` (detokenization, stop sequences, logprob
+entries) and hands out the :class:`TokenScorer`. What runs the model is an
+:class:`~gateway.backends.local.engine.Engine`, imported only when the policy needs it, so a
+process serving a GGUF through llama.cpp never imports torch.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from gateway.backends.local.config import LocalBackend
-from gateway.backends.local.detokenize import IncrementalDetokenizer, StopMatcher
+from gateway.backends.local.config import EngineName, LocalBackend
 from gateway.backends.local.engine import (
+    Engine,
     EngineOutput,
-    EngineRequest,
     GeneratedToken,
-    GenerationEngine,
+    GenerateRequest,
     PromptScores,
 )
-from gateway.backends.local.loader import load_model
+from gateway.backends.local.scorer import EngineTokenScorer
+from gateway.backends.local.source import ModelLoadError, ModelSource, resolve_source
 from gateway.core.backend import (
     Backend,
     BackendCapabilities,
@@ -28,20 +35,43 @@ from gateway.core.backend import (
     SamplingParams,
     TokenChunk,
     TokenLogprob,
+    TokenScorer,
     TopLogprob,
 )
+from gateway.core.detokenize import StopMatcher
 from gateway.core.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
 
 logger = logging.getLogger(__name__)
+
+
+def engine_for(config: LocalBackend, source: ModelSource) -> EngineName:
+    """The engine a config runs on: as set, else llama.cpp for a GGUF and transformers for HF."""
+    engine: EngineName = config.engine or ("llamacpp" if source.gguf_file else "transformers")
+    if engine == "llamacpp" and source.gguf_file is None:
+        raise ModelLoadError(f"engine llamacpp needs a GGUF file; {source.directory} is an HF directory")
+    if engine == "llamacpp" and config.num_layers is not None:
+        raise ModelLoadError("num_layers is a transformers-engine setting: set engine: transformers or drop it")
+    return engine
+
+
+def load_engine(name: str, config: LocalBackend) -> Engine:
+    """Load the model on the engine its config selects (blocking; call it off the event loop)."""
+    source = resolve_source(config.model, config.gguf_file)
+    if engine_for(config, source) == "llamacpp":
+        from gateway.backends.local.llamacpp.build import load_llamacpp
+
+        return load_llamacpp(name, config, source)
+    from gateway.backends.local.transformers.engine import load_transformers
+
+    return load_transformers(name, config, source)
 
 
 class LocalModelBackend(Backend):
     def __init__(self, name: str, config: LocalBackend) -> None:
         super().__init__(name)
         self.config = config
-        self.model: Any = None
-        self.tokenizer: Any = None
-        self._engine: GenerationEngine | None = None
+        self._engine: Engine | None = None
+        self._scorer: TokenScorer | None = None
         self.load_seconds: float | None = None
 
     @property
@@ -57,44 +87,44 @@ class LocalModelBackend(Backend):
         return self._engine is not None
 
     @property
+    def engine(self) -> Engine:
+        """The running engine (raises while loading)."""
+        self._require_ready()
+        assert self._engine is not None
+        return self._engine
+
+    @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(local=True, prefix_continuation=True, prompt_logprobs=True, token_ids=True)
+        return BackendCapabilities(local=True, prefix_continuation=True, prompt_logprobs=True, token_ids=True,
+                                   token_scoring=True)
+
+    def token_scorer(self) -> TokenScorer | None:
+        return self._scorer
+
+    @property
+    def sampling_defaults(self) -> Mapping[str, Any]:
+        return self.config.defaults.as_dict()
 
     async def start(self) -> None:
         started = time.perf_counter()
-        self.model, self.tokenizer = await asyncio.to_thread(
-            load_model, self.config.model, self.config.gguf_file, num_layers=self.config.num_layers
-        )
+        engine = await asyncio.to_thread(load_engine, self.name, self.config)
         self.load_seconds = time.perf_counter() - started
-        self._engine = GenerationEngine(self.model, self._eos_ids(), self.config.max_batch_size)
-        self._engine.start()
-        logger.info("backend %s: %s loaded in %.1fs", self.name, self.model_name, self.load_seconds)
+        engine.start()
+        self._engine = engine
+        self._scorer = EngineTokenScorer(engine, self.config.context_length)
+        logger.info("backend %s: %s loaded on %s in %.1fs (%d thread(s))", self.name, self.model_name,
+                    type(engine).__name__, self.load_seconds, engine.threads)
 
     async def close(self) -> None:
         if self._engine is not None:
-            engine, self._engine = self._engine, None
+            engine, self._engine, self._scorer = self._engine, None, None
             await asyncio.to_thread(engine.stop)
 
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        for candidate in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
-            if isinstance(candidate, int):
-                ids.add(candidate)
-            elif isinstance(candidate, list):
-                ids.update(candidate)
-        return ids
-
     async def render_chat_prompt(self, messages: Sequence[ChatMessage]) -> str | None:
-        self._require_ready()
-        text: str = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
-        )
-        return text
+        return self.engine.render_chat(messages)
 
     async def tokenize(self, text: str) -> list[int] | None:
-        self._require_ready()
-        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=False)
-        return ids
+        return self.engine.tokenize(text, add_special=False)
 
     def _require_ready(self) -> None:
         if self._engine is None:
@@ -103,23 +133,22 @@ class LocalModelBackend(Backend):
     async def stream_chat(
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
-        prompt = await self.render_chat_prompt(messages)
-        assert prompt is not None
-        ids: list[int] = self.tokenizer.encode(prompt, add_special_tokens=False)
+        engine = self.engine
+        ids = engine.tokenize(engine.render_chat(messages), add_special=False)
         async for event in self._generate(ids, params, prompt_logprobs=None):
             yield event
 
     async def stream_completion(
         self, prompt: CompletionPrompt, params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
-        self._require_ready()
+        engine = self.engine
         if prompt.token_ids is not None:
             ids = list(prompt.token_ids)
-            vocab = len(self.tokenizer)
+            vocab = engine.vocab_size
             if any(not 0 <= t < vocab for t in ids):
                 raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", param="prompt")
         else:
-            ids = self.tokenizer.encode(prompt.text or "")
+            ids = engine.tokenize(prompt.text or "", add_special=True)
         if not ids:
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         async for event in self._generate(ids, params, prompt_logprobs=prompt.prompt_logprobs):
@@ -128,8 +157,7 @@ class LocalModelBackend(Backend):
     async def _generate(
         self, prompt_ids: list[int], params: SamplingParams, prompt_logprobs: int | None
     ) -> AsyncIterator[GenerationEvent]:
-        self._require_ready()
-        assert self._engine is not None
+        engine = self.engine
         room = self.config.context_length - len(prompt_ids)
         if room < 0 or (params.max_tokens is not None and params.max_tokens > room):
             raise InvalidRequestError(
@@ -138,30 +166,33 @@ class LocalModelBackend(Backend):
                 param="max_tokens", code="context_length_exceeded",
             )
         max_new = params.max_tokens if params.max_tokens is not None else min(room, self.config.default_max_tokens)
-        loop = asyncio.get_running_loop()
-        request = EngineRequest(
+        request = GenerateRequest(
             prompt_ids=prompt_ids, max_new_tokens=max_new, temperature=params.temperature,
-            top_p=params.top_p, seed=params.seed,
+            # OpenAI seeds are any int64; numpy's generators take non-negative ones.
+            top_p=params.top_p, seed=params.seed % 2**64 if params.seed is not None else None,
+            logprobs=params.logprobs,
             top_logprobs=params.top_logprobs if params.logprobs else 0,
-            prompt_logprobs=prompt_logprobs, loop=loop, outputs=asyncio.Queue(),
+            prompt_logprobs=prompt_logprobs, loop=asyncio.get_running_loop(), outputs=asyncio.Queue(),
         )
-        self._engine.submit(request)
-        detok = IncrementalDetokenizer(self.tokenizer)
+        engine.submit(request)
+        detok = engine.new_detokenizer()
         stops = StopMatcher(params.stop)
         prompt_scores: tuple[TokenLogprob | None, ...] | None = None
+        generated = 0
         try:
             while True:
                 item: EngineOutput = await request.outputs.get()
                 if isinstance(item, PromptScores):
                     prompt_scores = self._prompt_logprobs(item, prompt_ids)
                 elif isinstance(item, GeneratedToken):
+                    generated += 1
                     text, stopped = stops.feed(detok.add(item.token_id))
                     logprobs = (self._token_logprob(item),) if params.logprobs else ()
                     if text or logprobs:
                         yield TokenChunk(text=text, logprobs=logprobs, token_ids=(item.token_id,))
                     if stopped:
                         request.cancelled = True
-                        yield self._done("stop", len(prompt_ids), request.generated, prompt_scores, prompt_ids)
+                        yield self._done("stop", len(prompt_ids), generated, prompt_scores, prompt_ids)
                         return
                 else:
                     if item.reason == "error":
@@ -169,36 +200,35 @@ class LocalModelBackend(Backend):
                     tail = stops.flush()
                     if tail:
                         yield TokenChunk(text=tail)
-                    reason = "length" if item.reason == "length" else "stop"
-                    yield self._done(reason, item.prompt_tokens, item.completion_tokens, prompt_scores, prompt_ids)
+                    yield self._done(item.reason, item.prompt_tokens, item.completion_tokens, prompt_scores,
+                                     prompt_ids)
                     return
         finally:
-            # Client gone, consumer closed us, or we finished: the engine drops the row.
+            # Client gone, consumer closed us, or we finished: the engine drops the sequence.
             request.cancelled = True
 
     def _done(
         self, reason: str, prompt_tokens: int, completion_tokens: int,
         prompt_scores: tuple[TokenLogprob | None, ...] | None, prompt_ids: list[int],
     ) -> GenerationDone:
+        engine = self.engine
         return GenerationDone(
             finish_reason="length" if reason == "length" else "stop",
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, model=self.model_name,
             prompt_logprobs=prompt_scores, prompt_token_ids=tuple(prompt_ids),
-            prompt_text=self.tokenizer.decode(prompt_ids),
-            prompt_token_strs=tuple(self._token_text(t) for t in prompt_ids) if prompt_scores else None,
+            prompt_text=engine.decode(prompt_ids),
+            prompt_token_strs=tuple(engine.token_text(t) for t in prompt_ids) if prompt_scores else None,
         )
 
-    def _token_text(self, token_id: int) -> str:
-        text: str = self.tokenizer.decode([token_id])
-        return text
-
     def _token_logprob(self, item: GeneratedToken) -> TokenLogprob:
+        text = self.engine.token_text
         return TokenLogprob(
-            token=self._token_text(item.token_id), logprob=item.logprob, token_id=item.token_id,
-            top=tuple(TopLogprob(self._token_text(t), lp, t) for t, lp in item.top),
+            token=text(item.token_id), logprob=item.logprob, token_id=item.token_id,
+            top=tuple(TopLogprob(text(t), lp, t) for t, lp in item.top),
         )
 
     def _prompt_logprobs(self, scores: PromptScores, prompt_ids: list[int]) -> tuple[TokenLogprob | None, ...]:
+        text = self.engine.token_text
         result: list[TokenLogprob | None] = []
         for token_id, score in zip(prompt_ids, scores.scores, strict=True):
             if score is None:
@@ -206,7 +236,7 @@ class LocalModelBackend(Backend):
                 continue
             logprob, rank, top = score
             result.append(TokenLogprob(
-                token=self._token_text(token_id), logprob=logprob, token_id=token_id,
-                top=tuple(TopLogprob(self._token_text(t), lp, t) for t, lp in top), rank=rank,
+                token=text(token_id), logprob=logprob, token_id=token_id,
+                top=tuple(TopLogprob(text(t), lp, t) for t, lp in top), rank=rank,
             ))
         return tuple(result)

@@ -1,62 +1,7 @@
-"""Incremental detokenization and stop-sequence matching for streamed generation."""
+"""Kept importable here for existing callers; the implementations live in :mod:`gateway.core.detokenize`."""
 
 from __future__ import annotations
 
-from typing import Any
+from gateway.core.detokenize import IncrementalDetokenizer, StopMatcher, Utf8Detokenizer
 
-
-class IncrementalDetokenizer:
-    """Turns a growing list of token ids into text deltas.
-
-    Decoding a token alone mangles multi-byte characters and leading spaces, so each delta
-    is the difference between decoding a short window with and without the new tokens; a
-    delta ending in U+FFFD (an incomplete UTF-8 sequence) is held until it completes.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-        self._ids: list[int] = []
-        self._prefix_offset = 0
-        self._read_offset = 0
-
-    def add(self, token_id: int) -> str:
-        self._ids.append(token_id)
-        decode = self._tokenizer.decode
-        prefix = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        full = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self._prefix_offset = self._read_offset
-            self._read_offset = len(self._ids)
-            delta: str = full[len(prefix) :]
-            return delta
-        return ""
-
-
-class StopMatcher:
-    """Finds stop sequences in streamed text, holding back a tail that may start one."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self._stops = stops
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """(text safe to emit now, whether a stop sequence was hit)."""
-        if not self._stops:
-            return text, False
-        buffer = self._held + text
-        hits = [i for i in (buffer.find(stop) for stop in self._stops) if i >= 0]
-        if hits:
-            self._held = ""
-            return buffer[: min(hits)], True
-        hold = 0
-        for stop in self._stops:
-            for size in range(min(len(stop) - 1, len(buffer)), 0, -1):
-                if buffer.endswith(stop[:size]):
-                    hold = max(hold, size)
-                    break
-        self._held = buffer[len(buffer) - hold :] if hold else ""
-        return buffer[: len(buffer) - hold], False
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
+__all__ = ["IncrementalDetokenizer", "StopMatcher", "Utf8Detokenizer"]

@@ -1,29 +1,23 @@
-"""A continuous-batching generation loop for one in-process causal LM.
+"""The engine interface under :class:`~gateway.backends.local.backend.LocalModelBackend`.
 
-One worker thread owns the model. Requests join the running batch between decode steps
-(each is prefilled alone, then merged), and every decode step advances all of them by one
-token in a single forward pass: four concurrent streams cost little more per step than one
-on a small model, which is where the concurrent throughput comes from.
-
-The batch's KV cache is kept *left-padded* so every row ends at the same column; a step
-then appends one column for all rows. It is rebuilt only when a row joins or leaves.
-Results go back to each request's asyncio queue through ``loop.call_soon_threadsafe``.
+An engine owns one loaded model on one worker thread. The backend hands it requests
+(:class:`GenerateRequest`, :class:`ScoreRequest`) and reads results back on the event loop:
+token events through the request's asyncio queue, scores through a future, both delivered
+with ``loop.call_soon_threadsafe``. Two engines implement it: ``llamacpp`` (the GGUF natively,
+continuous batching, prefix reuse) and ``transformers`` (the numerical reference).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import queue
-import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-import torch
+import numpy as np
 
-from gateway.backends.local.sampling import PromptScore, TokenDraw, draw_token, prompt_token_logprobs
-
-logger = logging.getLogger(__name__)
+from gateway.backends.local.sampling import PromptScore
+from gateway.core.backend import ChatMessage, Detokenizer, NextTokenScores
 
 
 @dataclass(slots=True)
@@ -52,200 +46,128 @@ EngineOutput = GeneratedToken | PromptScores | EngineFinished
 
 
 @dataclass(slots=True)
-class EngineRequest:
+class GenerateRequest:
     prompt_ids: list[int]
     max_new_tokens: int
     temperature: float
     top_p: float
     seed: int | None
+    logprobs: bool
     top_logprobs: int
     prompt_logprobs: int | None
     loop: asyncio.AbstractEventLoop
     outputs: asyncio.Queue[EngineOutput]
-    cancelled: bool = False
+    cancelled: bool = False  # set by the consumer (client gone, stop sequence hit)
     generated: int = 0
-    last_token: int = -1
-    generator: torch.Generator | None = None
+    rng: np.random.Generator | None = None
 
     def emit(self, item: EngineOutput) -> None:
         self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
 
+    def generator(self) -> np.random.Generator:
+        if self.rng is None:
+            self.rng = np.random.default_rng(self.seed)
+        return self.rng
+
 
 @dataclass(slots=True)
-class _Batch:
-    rows: list[EngineRequest] = field(default_factory=list)
-    cache: Any = None  # transformers DynamicCache, batch-major, left-padded
-    mask: torch.Tensor | None = None  # (B, L) 1 = real token
+class ScoreRequest:
+    """A TokenScorer call: next-token rows after ``token_ids[:j]`` for ``start <= j <= len``."""
+
+    token_ids: list[int]
+    start: int
+    want_logits: bool
+    loop: asyncio.AbstractEventLoop
+    result: asyncio.Future[NextTokenScores]
+    cancelled: bool = False
+
+    def resolve(self, scores: NextTokenScores) -> None:
+        self.loop.call_soon_threadsafe(_set_result, self.result, scores)
+
+    def fail(self, error: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_set_exception, self.result, error)
 
 
-class GenerationEngine:
-    """Owns the model on one thread; ``submit`` is safe to call from the event loop."""
+def _set_result(future: asyncio.Future[NextTokenScores], value: NextTokenScores) -> None:
+    if not future.done():
+        future.set_result(value)
 
-    def __init__(self, model: Any, eos_token_ids: set[int], max_batch_size: int = 8) -> None:
-        self._model = model
-        self._eos = eos_token_ids
-        self._max_batch = max_batch_size
-        self._pending: queue.SimpleQueue[EngineRequest | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._batch = _Batch()
 
+def _set_exception(future: asyncio.Future[NextTokenScores], error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
+
+
+EngineRequest = GenerateRequest | ScoreRequest
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """Counters of the work an engine did (tests read them to see that prefix reuse skips work)."""
+
+    decoded_tokens: int = 0  # tokens run through the model
+    reused_tokens: int = 0  # prompt tokens taken from a cached sequence instead
+    steps: int = 0  # forward passes
+    max_step_tokens: int = 0  # the largest batch one forward pass took
+    history: list[int] = field(default_factory=list)  # tokens per step, when recording
+
+
+class Engine(ABC):
+    """One model on one worker thread."""
+
+    stats: EngineStats
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Rows of the logits (may exceed the tokenizer's count: padded embeddings)."""
+
+    @property
+    @abstractmethod
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    @abstractmethod
+    def vocabulary_id(self) -> str:
+        """A hash of the token texts in id order (equal vocabularies hash equal)."""
+
+    @property
+    @abstractmethod
+    def threads(self) -> int: ...
+
+    @abstractmethod
+    def active(self) -> int:
+        """Requests admitted and not finished (read from any thread: a snapshot)."""
+
+    @abstractmethod
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="slm-gateway-engine", daemon=True)
-        self._thread.start()
+        """Start the worker thread (the model is loaded already)."""
 
+    @abstractmethod
     def stop(self) -> None:
-        if self._thread is not None:
-            self._pending.put(None)
-            self._thread.join(timeout=30)
-            self._thread = None
+        """Finish every request as cancelled, stop the thread, free the model."""
 
+    @abstractmethod
     def submit(self, request: EngineRequest) -> None:
-        self._pending.put(request)
+        """Queue a request (safe to call from the event loop)."""
 
-    # --- worker thread -------------------------------------------------------------------
+    @abstractmethod
+    def tokenize(self, text: str, *, add_special: bool) -> list[int]:
+        """Token ids of ``text``; special-token markup is parsed. ``add_special`` adds what the
+        tokenizer adds to a raw prompt (a BOS token for some models)."""
 
-    def _run(self) -> None:
-        with torch.inference_mode():
-            while True:
-                if not self._admit(block=not self._batch.rows):
-                    break
-                if self._batch.rows:
-                    try:
-                        self._decode_step()
-                    except Exception as exc:  # a failed step fails its rows, not the engine
-                        logger.exception("decode step failed")
-                        for row in self._batch.rows:
-                            row.emit(EngineFinished("error", len(row.prompt_ids), row.generated, str(exc)))
-                        self._batch = _Batch()
-        for row in self._batch.rows:
-            row.emit(EngineFinished("cancelled", len(row.prompt_ids), row.generated))
+    @abstractmethod
+    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+        """The model's chat template over ``messages``, generation prompt added."""
 
-    def _admit(self, block: bool) -> bool:
-        """Prefill waiting requests into the batch. False when asked to shut down."""
-        while len(self._batch.rows) < self._max_batch:
-            try:
-                request = self._pending.get(block=block)
-            except queue.Empty:
-                return True
-            if request is None:
-                return False
-            block = False
-            if request.cancelled:
-                request.emit(EngineFinished("cancelled", len(request.prompt_ids), 0))
-                continue
-            try:
-                self._prefill(request)
-            except Exception as exc:
-                logger.exception("prefill failed")
-                request.emit(EngineFinished("error", len(request.prompt_ids), 0, str(exc)))
-        return True
+    @abstractmethod
+    def token_text(self, token_id: int) -> str:
+        """One token as text, special tokens included (logprob entries)."""
 
-    def _prefill(self, request: EngineRequest) -> None:
-        from transformers import DynamicCache
+    @abstractmethod
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """Token ids back to text, special tokens included (echo of a prompt)."""
 
-        ids = torch.tensor([request.prompt_ids], dtype=torch.long)
-        cache = DynamicCache()
-        out = self._model(input_ids=ids, past_key_values=cache, use_cache=True)
-        logits = out.logits[0]
-        if request.prompt_logprobs is not None:
-            request.emit(PromptScores(prompt_token_logprobs(logits, request.prompt_ids, request.prompt_logprobs)))
-        if request.max_new_tokens == 0:
-            request.emit(EngineFinished("length", len(request.prompt_ids), 0))
-            return
-        if request.seed is not None:
-            request.generator = torch.Generator().manual_seed(request.seed)
-        draw = draw_token(logits[-1], request.temperature, request.top_p, request.top_logprobs, request.generator)
-        if self._deliver(request, draw):
-            return
-        self._join(request, out.past_key_values, len(request.prompt_ids))
-
-    def _deliver(self, row: EngineRequest, draw: TokenDraw) -> bool:
-        """Send one token; True when the row is finished."""
-        row.generated += 1
-        row.last_token = draw.token_id
-        if draw.token_id in self._eos:
-            row.emit(EngineFinished("stop", len(row.prompt_ids), row.generated - 1))
-            return True
-        row.emit(GeneratedToken(draw.token_id, draw.logprob, draw.top))
-        if row.generated >= row.max_new_tokens:
-            row.emit(EngineFinished("length", len(row.prompt_ids), row.generated))
-            return True
-        return False
-
-    def _join(self, row: EngineRequest, cache: Any, length: int) -> None:
-        from transformers import DynamicCache
-
-        batch = self._batch
-        row_mask = torch.ones(1, length, dtype=torch.long)
-        if not batch.rows:
-            batch.rows, batch.cache, batch.mask = [row], cache, row_mask
-            return
-        assert batch.mask is not None
-        width = max(batch.mask.shape[1], length)
-        layers = []
-        for old_layer, new_layer in zip(batch.cache.layers, cache.layers, strict=True):
-            keys = torch.cat([_left_pad(old_layer.keys, width), _left_pad(new_layer.keys, width)], dim=0)
-            values = torch.cat([_left_pad(old_layer.values, width), _left_pad(new_layer.values, width)], dim=0)
-            layers.append((keys, values))
-        batch.cache = DynamicCache(ddp_cache_data=layers)
-        batch.mask = torch.cat([_left_pad_mask(batch.mask, width), _left_pad_mask(row_mask, width)], dim=0)
-        batch.rows.append(row)
-
-    def _decode_step(self) -> None:
-        batch = self._batch
-        self._drop_rows([i for i, row in enumerate(batch.rows) if row.cancelled], reason="cancelled")
-        if not batch.rows:
-            return
-        assert batch.mask is not None
-        input_ids = torch.tensor([[row.last_token] for row in batch.rows], dtype=torch.long)
-        positions = batch.mask.sum(dim=1, keepdim=True)
-        mask = torch.cat([batch.mask, torch.ones(len(batch.rows), 1, dtype=torch.long)], dim=1)
-        out = self._model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions,
-            past_key_values=batch.cache, use_cache=True,
-        )
-        batch.cache, batch.mask = out.past_key_values, mask
-        finished = []
-        for i, row in enumerate(batch.rows):
-            draw = draw_token(out.logits[i, -1], row.temperature, row.top_p, row.top_logprobs, row.generator)
-            if self._deliver(row, draw):
-                finished.append(i)
-        self._drop_rows(finished, reason=None)
-
-    def _drop_rows(self, indices: list[int], reason: str | None) -> None:
-        if not indices:
-            return
-        batch = self._batch
-        for i in indices:
-            if reason is not None:
-                row = batch.rows[i]
-                row.emit(EngineFinished(reason, len(row.prompt_ids), row.generated))
-        keep = [i for i in range(len(batch.rows)) if i not in set(indices)]
-        if not keep:
-            self._batch = _Batch()
-            return
-        assert batch.mask is not None
-        index = torch.tensor(keep, dtype=torch.long)
-        mask = batch.mask.index_select(0, index)
-        # Columns that are padding for every remaining row are dead weight: trim them.
-        first_live = int((mask.sum(dim=0) > 0).nonzero()[0])
-        for layer in batch.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first_live:]
-            layer.values = layer.values.index_select(0, index)[:, :, first_live:]
-        batch.mask = mask[:, first_live:]
-        batch.rows = [batch.rows[i] for i in keep]
-
-
-def _left_pad(tensor: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - tensor.shape[2]
-    if missing == 0:
-        return tensor
-    pad = torch.zeros(*tensor.shape[:2], missing, tensor.shape[3], dtype=tensor.dtype)
-    return torch.cat([pad, tensor], dim=2)
-
-
-def _left_pad_mask(mask: torch.Tensor, width: int) -> torch.Tensor:
-    missing = width - mask.shape[1]
-    if missing == 0:
-        return mask
-    return torch.cat([torch.zeros(mask.shape[0], missing, dtype=mask.dtype), mask], dim=1)
+    @abstractmethod
+    def new_detokenizer(self) -> Detokenizer:
+        """Streamed text of generated tokens (special tokens left out)."""

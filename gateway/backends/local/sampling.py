@@ -1,67 +1,88 @@
-"""Token selection and log-probabilities from raw logits (pure tensor functions).
+"""Token selection and log-probabilities from raw logits, in numpy (both engines use these).
 
 Reported logprobs are those of the model's *raw* distribution (log-softmax of the logits,
 before temperature / top-p), as vLLM reports them by default: they measure the model's
 confidence, which is what cascades calibrate on, independently of the sampling settings.
+Sampling draws from a per-request ``numpy.random.Generator``, so a seed reproduces a
+sample on either engine given the same logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
+import numpy as np
+import numpy.typing as npt
+
+Logits = npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True, slots=True)
 class TokenDraw:
     token_id: int
-    logprob: float
+    logprob: float  # NaN when not asked for
     top: list[tuple[int, float]]
 
 
+def log_softmax(logits: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+    """Row-wise log-softmax in float64 (the reference's float32 sums lose ~1e-6 here)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    result: npt.NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return result
+
+
+def top_k(logprobs: npt.NDArray[np.float64], k: int) -> list[tuple[int, float]]:
+    """The ``k`` most likely (id, logprob), most likely first; ties: lowest id first."""
+    k = min(k, logprobs.shape[-1])
+    if k <= 0:
+        return []
+    candidates = np.argpartition(-logprobs, k - 1)[:k]
+    order = sorted(candidates.tolist(), key=lambda i: (-logprobs[i], i))
+    return [(int(i), float(logprobs[i])) for i in order]
+
+
 def draw_token(
-    logits: torch.Tensor, temperature: float, top_p: float, top_k_logprobs: int,
-    generator: torch.Generator | None,
+    logits: Logits, temperature: float, top_p: float, want_logprob: bool, top_k_logprobs: int,
+    rng: np.random.Generator,
 ) -> TokenDraw:
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    if temperature <= 0.0:
-        token = int(torch.argmax(logprobs))
-    else:
-        probs = torch.softmax(logits.float() / temperature, dim=-1)
-        if top_p < 1.0:
-            probs = _top_p_filter(probs, top_p)
-        token = int(torch.multinomial(probs, 1, generator=generator))
-    top: list[tuple[int, float]] = []
-    if top_k_logprobs > 0:
-        values, indices = torch.topk(logprobs, top_k_logprobs)
-        top = list(zip(indices.tolist(), values.tolist(), strict=True))
-    return TokenDraw(token, float(logprobs[token]), top)
+    # Greedy takes the first maximum: ties go to the lowest id.
+    token = int(np.argmax(logits)) if temperature <= 0.0 else _sample(logits, temperature, top_p, rng)
+    if not want_logprob and top_k_logprobs <= 0:
+        return TokenDraw(token, float("nan"), [])
+    logprobs = log_softmax(logits)
+    return TokenDraw(token, float(logprobs[token]), top_k(logprobs, top_k_logprobs))
 
 
-def _top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    sorted_probs, order = torch.sort(probs, descending=True)
-    cumulative = torch.cumsum(sorted_probs, dim=-1)
-    # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
-    remove = cumulative - sorted_probs > top_p
-    sorted_probs[remove] = 0.0
-    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    return filtered / filtered.sum()
+def _sample(logits: Logits, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    scaled = logits.astype(np.float64) / temperature
+    probs = np.exp(scaled - scaled.max())
+    if top_p < 1.0:
+        order = np.argsort(-probs, kind="stable")
+        sorted_probs = probs[order]
+        cumulative = np.cumsum(sorted_probs)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        keep = int(np.searchsorted(cumulative, top_p * cumulative[-1], side="left")) + 1
+        kept = order[:keep]
+        kept_probs = sorted_probs[:keep]
+        return int(kept[_pick(kept_probs, rng)])
+    return _pick(probs, rng)
+
+
+def _pick(weights: npt.NDArray[np.float64], rng: np.random.Generator) -> int:
+    cumulative = np.cumsum(weights)
+    index = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
+    return min(index, len(weights) - 1)
 
 
 PromptScore = tuple[float, int, list[tuple[int, float]]] | None  # (logprob, rank, top-K)
 
 
-def prompt_token_logprobs(logits: torch.Tensor, prompt_ids: list[int], top_k: int) -> list[PromptScore]:
-    """Logprob and rank of each prompt token given the tokens before it; ``None`` for the first."""
-    logprobs = torch.log_softmax(logits[:-1].float(), dim=-1)
-    targets = torch.tensor(prompt_ids[1:], dtype=torch.long)
-    chosen_t = logprobs.gather(1, targets.unsqueeze(1))
-    ranks = ((logprobs > chosen_t).sum(dim=1) + 1).tolist()
-    chosen = chosen_t.squeeze(1).tolist()
-    tops: list[list[tuple[int, float]]] = [[] for _ in chosen]
-    if top_k > 0:
-        values, indices = torch.topk(logprobs, top_k, dim=-1)
-        tops = [list(zip(i, v, strict=True)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)]
-    result: list[PromptScore] = [None]
-    result.extend((lp, rank, top) for lp, rank, top in zip(chosen, ranks, tops, strict=True))
+def prompt_token_scores(rows: Logits, targets: list[int], top: int) -> list[tuple[float, int, list[tuple[int, float]]]]:
+    """Logprob, rank (1 = most likely) and top-K of each ``targets[i]`` under ``rows[i]``."""
+    logprobs = log_softmax(rows)
+    result = []
+    for row, target in zip(logprobs, targets, strict=True):
+        chosen = float(row[target])
+        rank = int((row > chosen).sum()) + 1
+        result.append((chosen, rank, top_k(row, top)))
     return result

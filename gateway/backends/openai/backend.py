@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import orjson
 
 from gateway.backends.openai.config import OpenAIBackend
+from gateway.backends.openai.relay import StreamRelay, wire_message
 from gateway.backends.prompt_scores import split_echo
 from gateway.backends.sse import event_batches
 from gateway.backends.upstream_errors import TRANSPORT_ERRORS, translate_status, translate_transport
@@ -28,12 +29,11 @@ from gateway.core.backend import (
     BackendCapabilities,
     ChatMessage,
     CompletionPrompt,
+    EmbeddingResult,
     GenerationDone,
     GenerationEvent,
     SamplingParams,
     TokenChunk,
-    TokenLogprob,
-    TopLogprob,
 )
 from gateway.core.errors import UpstreamError, UpstreamUnavailableError
 
@@ -82,7 +82,12 @@ class OpenAICompatibleBackend(Backend):
     def capabilities(self) -> BackendCapabilities:
         # Tools, grammars and prompt logprobs are the upstream's to honour: relayed as sent.
         continues = self.config.supports_prefix_continuation
-        return BackendCapabilities(prefix_continuation=continues, prompt_logprobs=continues, tools=True, grammar=True)
+        return BackendCapabilities(prefix_continuation=continues, prompt_logprobs=continues, tools=True, grammar=True,
+                                   embeddings=True, logit_bias=True, penalties=True, relays_all=True)
+
+    @property
+    def sampling_defaults(self) -> Mapping[str, Any]:
+        return self.config.defaults.as_dict()
 
     def unconfigured_reason(self) -> str:
         missing = []
@@ -120,13 +125,16 @@ class OpenAICompatibleBackend(Backend):
         return self._client
 
     def _common_body(self, params: SamplingParams) -> dict[str, Any]:
+        # The client's fields as sent; the model name is the one deliberate rewrite. Sampling
+        # fields the client left unset stay unset: the upstream applies its own defaults.
         body: dict[str, Any] = dict(params.extra)
         body.update({"model": self.upstream_model, "stream": True, "stream_options": {"include_usage": True}})
-        body["temperature"] = params.temperature
-        if params.top_p != 1.0:
+        if "temperature" not in params.defaulted:
+            body["temperature"] = params.temperature
+        if "top_p" not in params.defaulted:
             body["top_p"] = params.top_p
         if params.max_tokens is not None:
-            body["max_tokens"] = params.max_tokens
+            body[params.max_tokens_field] = params.max_tokens
         if params.seed is not None:
             body["seed"] = params.seed
         if params.stop:
@@ -137,7 +145,7 @@ class OpenAICompatibleBackend(Backend):
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
         body = self._common_body(params)
-        body["messages"] = [m.model_dump() for m in messages]
+        body["messages"] = [wire_message(m) for m in messages]
         if params.logprobs:
             body["logprobs"] = True
             if params.top_logprobs:
@@ -161,7 +169,7 @@ class OpenAICompatibleBackend(Backend):
 
     async def _stream(self, path: str, body: dict[str, Any], *, chat: bool) -> AsyncIterator[GenerationEvent]:
         client = self._require_client()
-        relay = _StreamRelay(self.name, self.model_name, chat)
+        relay = StreamRelay(self.name, self.model_name, chat)
         try:
             async with client.post(self.base_url + path, data=_encode(body), headers=_JSON) as response:
                 if response.status >= 400:
@@ -176,6 +184,30 @@ class OpenAICompatibleBackend(Backend):
             raise UpstreamError(f"upstream {self.name!r} sent an event that is not JSON", backend=self.name,
                                 code="upstream_bad_response") from None
         yield relay.done()
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], extra: Mapping[str, Any]) -> EmbeddingResult:
+        """Relayed to the upstream's /embeddings. Floats are always asked for: the gateway
+        encodes base64 itself when the client wants it, so every backend answers alike."""
+        client = self._require_client()
+        body = {k: v for k, v in extra.items() if k != "encoding_format"}
+        body.update({"model": self.upstream_model, "input": [list(i) if not isinstance(i, str) else i for i in inputs],
+                     "encoding_format": "float"})
+        try:
+            async with client.post(self.base_url + "/embeddings", data=_encode(body), headers=_JSON) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    raise translate_status(self.name, response.status, response.headers, content)
+        except TRANSPORT_ERRORS as exc:
+            raise translate_transport(self.name, exc) from None
+        try:
+            data = orjson.loads(content)
+            rows = sorted(data["data"], key=lambda row: int(row.get("index", 0)))
+            vectors = [[float(x) for x in row["embedding"]] for row in rows]
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise UpstreamError(f"upstream {self.name!r} sent an embeddings body we cannot read", backend=self.name,
+                                code="upstream_bad_response") from None
+        usage = data.get("usage") or {}
+        return EmbeddingResult(vectors, int(usage.get("prompt_tokens") or 0), str(data.get("model") or self.model_name))
 
     async def _completion_with_prompt_scores(
         self, body: dict[str, Any], prompt: CompletionPrompt
@@ -216,88 +248,3 @@ class OpenAICompatibleBackend(Backend):
             prompt_token_ids=tuple(prompt.token_ids) if prompt.token_ids is not None else None,
             prompt_text=split.prompt_text, prompt_token_strs=split.prompt_token_strs,
         )
-
-
-class _StreamRelay:
-    """Folds an upstream's stream events into our chunks, and keeps its usage, model and finish.
-
-    Everything that arrived in one network read becomes one chunk (text and logprobs
-    concatenated): an upstream that outpaces us costs one pass through the layers above per
-    read, not per token, while a slower one still streams token by token.
-    """
-
-    def __init__(self, backend: str, model: str, chat: bool) -> None:
-        self.backend = backend
-        self.model = model
-        self.chat = chat
-        self.prompt_tokens = self.completion_tokens = self.pieces = 0
-        self.extra_usage: dict[str, Any] = {}
-        self.finish = "stop"
-
-    def absorb(self, payloads: list[dict[str, Any]]) -> TokenChunk | None:
-        texts: list[str] = []
-        logprobs: list[TokenLogprob] = []
-        for payload in payloads:
-            if "error" in payload:
-                raise UpstreamError(f"upstream {self.backend!r} failed mid-stream", backend=self.backend,
-                                    code="upstream_stream_error")
-            self.model = payload.get("model") or self.model
-            usage = payload.get("usage")
-            if usage:
-                self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                self.completion_tokens = int(usage.get("completion_tokens") or 0)
-                # e.g. accepted/rejected prediction tokens (OpenAI Predicted Outputs)
-                details = usage.get("completion_tokens_details")
-                if isinstance(details, dict):
-                    self.extra_usage["completion_tokens_details"] = details
-            for choice in payload.get("choices") or []:
-                chunk = _chat_chunk(choice) if self.chat else _completion_chunk(choice)
-                if chunk.text or chunk.logprobs:
-                    self.pieces += 1
-                    texts.append(chunk.text)
-                    logprobs.extend(chunk.logprobs)
-                if choice.get("finish_reason"):
-                    self.finish = choice["finish_reason"]
-        return TokenChunk(text="".join(texts), logprobs=tuple(logprobs)) if texts else None
-
-    def done(self) -> GenerationDone:
-        return GenerationDone(
-            finish_reason="length" if self.finish == "length" else "stop",
-            prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens or self.pieces,
-            model=self.model, extra_usage=self.extra_usage,
-        )
-
-
-def _top_list(top: Any) -> tuple[TopLogprob, ...]:
-    return tuple(TopLogprob(t["token"], float(t["logprob"])) for t in top or [])
-
-
-def _chat_chunk(choice: dict[str, Any]) -> TokenChunk:
-    delta = choice.get("delta") or {}
-    content = (choice.get("logprobs") or {}).get("content") or []
-    logprobs = tuple(
-        TokenLogprob(token=c["token"], logprob=float(c["logprob"]), top=_top_list(c.get("top_logprobs")))
-        for c in content
-    )
-    return TokenChunk(text=delta.get("content") or "", logprobs=logprobs)
-
-
-def _legacy_logprobs(block: dict[str, Any] | None) -> list[TokenLogprob | None]:
-    if not block:
-        return []
-    tokens = block.get("tokens") or []
-    values = block.get("token_logprobs") or []
-    tops = block.get("top_logprobs") or [None] * len(tokens)
-    out: list[TokenLogprob | None] = []
-    for token, value, top in zip(tokens, values, tops, strict=False):
-        if value is None:
-            out.append(None)
-            continue
-        alternatives = tuple(TopLogprob(t, float(lp)) for t, lp in (top or {}).items())
-        out.append(TokenLogprob(token=token, logprob=float(value), top=alternatives))
-    return out
-
-
-def _completion_chunk(choice: dict[str, Any]) -> TokenChunk:
-    entries = [e for e in _legacy_logprobs(choice.get("logprobs")) if e is not None]
-    return TokenChunk(text=choice.get("text") or "", logprobs=tuple(entries))

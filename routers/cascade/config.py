@@ -1,0 +1,97 @@
+"""Configuration of the ``cascade`` strategy (see docs/cascade.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal, Self
+
+from pydantic import Field, model_validator
+
+from gateway.core.config import StrategyBase, StrictModel, anchored_path
+
+ScorerName = Literal["mean_logprob", "min_logprob", "quantile_logprob", "neg_entropy", "mean_margin",
+                     "first_token_margin"]
+
+
+class Calibration(StrictModel):
+    """Isotonic map from raw score to P(correct), as breakpoints (``x`` ascending)."""
+
+    x: list[float] = Field(min_length=2)
+    y: list[float] = Field(min_length=2)
+
+    @model_validator(mode="after")
+    def _shape(self) -> Calibration:
+        if len(self.x) != len(self.y):
+            raise ValueError("calibration x and y must have the same length")
+        if any(b < a for a, b in zip(self.x, self.x[1:], strict=False)):
+            raise ValueError("calibration x must be ascending")
+        if any(not 0.0 <= v <= 1.0 for v in self.y):
+            raise ValueError("calibration y values are probabilities in [0, 1]")
+        return self
+
+
+class EarlyExit(StrictModel):
+    """Stop the attempt once escalation is certain: the mean logprob of the last ``window``
+    tokens fell below ``floor``, or one token fell below ``token_floor``."""
+
+    window: int = Field(8, ge=1)
+    floor: float = -2.5
+    token_floor: float | None = None
+
+
+class CascadeTier(StrictModel):
+    backend: str
+    scorer: ScorerName = "mean_logprob"
+    threshold: float | None = Field(None, description="Escalate when the (calibrated) score is below it.")
+    calibration: Calibration | None = None
+    max_tokens: int | None = Field(None, ge=1, description="Cap on this tier's attempt.")
+    early_exit: EarlyExit | None = None
+
+
+class RouterStage(StrictModel):
+    """Optional pre-call stage: a learned router (``slm-gateway router train``) scores
+    P(large model needed) from the request text before any tier runs. Below ``low`` the first
+    tier answers with no confidence check; at or above ``high`` the last tier answers directly;
+    in between the cascade runs as usual. It saves the small model's wasted attempt on
+    obviously hard requests and the logprob bookkeeping on obviously easy ones."""
+
+    router_dir: str = Field(min_length=1)
+    low: float = Field(0.0, ge=0.0, le=1.0)
+    high: float = Field(1.0, ge=0.0, le=1.0)
+    embed: Literal["last_user", "conversation"] = "last_user"
+
+    @model_validator(mode="after")
+    def _band(self) -> RouterStage:
+        if self.low > self.high:
+            raise ValueError("router.low must not exceed router.high")
+        return self
+
+
+class CascadeStrategy(StrategyBase):
+    """Try tiers in order; the last tier's answer is final."""
+
+    type: Literal["cascade"]
+    implementation: ClassVar[str] = "routers.cascade.strategy:Cascade"
+
+    mode: Literal["buffer", "handoff"] = "buffer"
+    tiers: list[CascadeTier] = Field(min_length=2)
+    top_logprobs: int = Field(5, ge=0, le=20)
+    router: RouterStage | None = None
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> CascadeStrategy:
+        for index, tier in enumerate(self.tiers[:-1]):
+            if tier.threshold is None:
+                raise ValueError(f"tiers[{index}] needs a threshold (only the last tier has none)")
+            if self.mode == "handoff" and tier.early_exit is None:
+                raise ValueError(f"tiers[{index}] needs early_exit: hand-off switches tiers on the running check")
+        return self
+
+    def referenced_backends(self) -> list[str]:
+        return [tier.backend for tier in self.tiers]
+
+    def anchored(self, base: Path) -> Self:
+        if self.router is None:
+            return self
+        router = self.router.model_copy(update={"router_dir": anchored_path(self.router.router_dir, base)})
+        return self.model_copy(update={"router": router})

@@ -1,0 +1,387 @@
+"""Speculative decoding's logic on a scripted TokenScorer: exact greedy output, the sampling
+rule's output distribution (chi-square, seeded), the adaptive controller's choices from
+scripted costs, accounting, and the policy errors. The real-model tests are in
+test_speculative_llamacpp.py, test_speculative_gateway.py and test_speculative_qwen.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy.stats import chisquare
+
+from gateway.core.backend import (
+    Backend,
+    BackendCapabilities,
+    ChatMessage,
+    CompletionPrompt,
+    Detokenizer,
+    GenerationEvent,
+    NextTokenScores,
+    SamplingParams,
+    TokenChunk,
+    TokenScorer,
+)
+from gateway.core.config import Price
+from gateway.core.record import RequestRecord
+from gateway.core.strategy import GatewayResources, RequestContext
+from policies.loader import PolicyError, parse_policy
+from routers.speculative.acceptance import greedy_verdict, rejection_verdict, sampling_probs
+from routers.speculative.config import AdaptiveSettings, SpeculativeStrategy
+from routers.speculative.controller import Controller, Costs, expected_tokens
+from routers.speculative.drafters import ModelDrafter, NgramDrafter
+from routers.speculative.generation import Decoding, Generation
+from routers.speculative.ngram import prompt_lookup
+from routers.speculative.rounds import speculative_rounds
+from routers.speculative.strategy import Speculative
+from routers.speculative.verifiers import LocalVerifier
+
+# --- a scripted model: deterministic logits from the last two tokens ----------------------
+
+
+class ScriptedModel:
+    def __init__(self, vocab: int, seed: int, scale: float = 2.0, noise_of: ScriptedModel | None = None,
+                 noise: float = 0.0) -> None:
+        self.vocab, self.seed, self.scale = vocab, seed, scale
+        self.base, self.noise = noise_of, noise
+
+    def logits(self, context: Sequence[int]) -> np.ndarray:
+        key = (self.seed, context[-2] if len(context) > 1 else -1, context[-1])
+        row = np.random.default_rng(abs(hash(key))).normal(size=self.vocab) * self.scale
+        if self.base is not None:  # a draft: the target's logits plus its own error
+            row = self.base.logits(context) + self.noise * row
+        return row
+
+    def greedy(self, prompt: Sequence[int], max_new: int, eos: int = 0) -> list[int]:
+        out: list[int] = []
+        while len(out) < max_new:
+            token = int(np.argmax(self.logits([*prompt, *out])))
+            if token == eos:
+                break
+            out.append(token)
+        return out
+
+
+class LetterDetokenizer(Detokenizer):
+    def add(self, token_id: int) -> str:
+        return chr(ord("a") + token_id % 26)
+
+
+class ScriptedScorer(TokenScorer):
+    """Prefix reuse as the contract says: only tokens after the common prefix with the last
+    call are "computed"; with ``step_seconds`` each call sleeps as a modelled engine would:
+    ``step_seconds * (1 + row_cost * (new_tokens - 1))``."""
+
+    def __init__(self, model: ScriptedModel, vocabulary_id: str = "scripted-v1", step_seconds: float = 0.0,
+                 row_cost: float = 1.0) -> None:
+        self.model = model
+        self._vocabulary_id = vocabulary_id
+        self.step_seconds, self.row_cost = step_seconds, row_cost
+        self.cached: list[int] = []
+        self.computed = self.calls = 0
+
+    @property
+    def vocabulary_id(self) -> str:
+        return self._vocabulary_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.vocab
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return frozenset({0})
+
+    async def tokenize(self, text: str) -> list[int]:
+        return [ord(c) % (self.model.vocab - 1) + 1 for c in text]
+
+    def new_detokenizer(self) -> Detokenizer:
+        return LetterDetokenizer()
+
+    async def score_next_tokens(self, token_ids: Sequence[int], start: int, *,
+                                want_logits: bool = False) -> NextTokenScores:
+        ids = list(token_ids)
+        common = next((i for i, (a, b) in enumerate(zip(self.cached, ids, strict=False)) if a != b),
+                      min(len(self.cached), len(ids)))
+        new = max(len(ids) - common, 1)
+        self.cached, self.computed, self.calls = ids, self.computed + new, self.calls + 1
+        if self.step_seconds:
+            await asyncio.sleep(self.step_seconds * (1 + self.row_cost * (new - 1)))
+        rows = [self.model.logits(ids[:j]) for j in range(start, len(ids) + 1)]
+        return NextTokenScores(tuple(int(np.argmax(r)) for r in rows),
+                               np.stack(rows).astype(np.float32) if want_logits else None)
+
+
+class ScriptedBackend(Backend):
+    def __init__(self, name: str, scorer: TokenScorer | None) -> None:
+        super().__init__(name)
+        self.scorer = scorer
+
+    @property
+    def model_name(self) -> str:
+        return f"scripted-{self.name}"
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(local=True, token_scoring=self.scorer is not None)
+
+    def token_scorer(self) -> TokenScorer | None:
+        return self.scorer
+
+    async def render_chat_prompt(self, messages: Sequence[ChatMessage]) -> str | None:
+        return "".join(f"<{m.role}>{m.content}" for m in messages) + "<assistant>"
+
+    async def stream_chat(self, messages: Sequence[ChatMessage], params: SamplingParams
+                          ) -> AsyncIterator[GenerationEvent]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+    async def stream_completion(self, prompt: CompletionPrompt, params: SamplingParams
+                                ) -> AsyncIterator[GenerationEvent]:
+        raise NotImplementedError
+        yield  # pragma: no cover
+
+
+TARGET = ScriptedModel(vocab=12, seed=1)
+DRAFT = ScriptedModel(vocab=12, seed=2, noise_of=TARGET, noise=0.6)
+PROMPT = [3, 5, 7, 9, 3, 5, 2, 4]
+
+
+def strategy(draft: Any, *, target_scorer: TokenScorer | None = None, draft_scorer: TokenScorer | None = None,
+             **config: Any) -> Speculative:
+    backends = {"target": ScriptedBackend("target", target_scorer or ScriptedScorer(TARGET)),
+                "draft": ScriptedBackend("draft", draft_scorer or ScriptedScorer(DRAFT))}
+    prices = {"target": Price(input_per_1m=1.0, output_per_1m=2.0), "draft": Price(input_per_1m=0.5, output_per_1m=0.5)}
+    spec = SpeculativeStrategy(type="speculative", target="target", draft=draft, **config)
+    return Speculative("spec", spec, GatewayResources(backends=backends, prices=prices))
+
+
+async def complete(spec: Speculative, prompt: list[int], max_tokens: int, **params: Any
+                   ) -> tuple[list[int], RequestRecord]:
+    record = RequestRecord("r", "spec", "/v1/completions", stream=False)
+    out: list[int] = []
+    params.setdefault("temperature", 0.0)
+    async for event in spec.completion(CompletionPrompt(token_ids=prompt), SamplingParams(max_tokens=max_tokens,
+                                                                                          **params),
+                                       RequestContext(record, spec.resources)):
+        if isinstance(event, TokenChunk):
+            out += event.token_ids
+    return out, record
+
+
+# --- greedy: exactly the target alone ------------------------------------------------------
+
+
+@pytest.mark.parametrize("draft", [{"backend": "draft"}, {"ngram": {"max_n": 3, "k": 6}},
+                                   [{"ngram": {}}, {"backend": "draft"}]])
+async def test_greedy_output_is_the_target_alone(draft: Any) -> None:
+    spec = strategy(draft, adaptive_k=False, k=4)
+    await spec.start()
+    out, record = await complete(spec, PROMPT, 48)
+    assert out == TARGET.greedy(PROMPT, 48)
+    stats = record.extra["speculative"]
+    assert stats["emitted"] == len(out) and stats["mode"] == "local"
+    assert stats["accepted"] > 0  # drafts were kept: the roll-back and bonus paths ran
+    assert stats["target_passes"] < len(out)
+
+
+async def test_model_drafts_are_rejected_and_corrected() -> None:
+    spec = strategy({"backend": "draft"}, adaptive_k=False, k=3)
+    await spec.start()
+    _, record = await complete(spec, PROMPT, 40)
+    per = record.extra["speculative"]["drafters"]["draft"]
+    assert per["rejections"] > 0 and 0 < per["accepted"] < per["drafted"]
+
+
+async def test_calls_are_recorded_and_priced() -> None:
+    spec = strategy({"backend": "draft"}, adaptive_k=False, k=3)
+    await spec.start()
+    out, record = await complete(spec, PROMPT, 20)
+    verify, draft = (next(c for c in record.calls if c.purpose == p) for p in ("verify", "draft"))
+    assert verify.completion_tokens == len(out) and verify.prompt_tokens == len(PROMPT)
+    assert verify.cost_usd == Price(input_per_1m=1.0, output_per_1m=2.0).cost(len(PROMPT), len(out))
+    assert draft.completion_tokens == record.extra["speculative"]["drafted"] > 0
+    stats = record.extra["speculative"]
+    assert set(stats["costs"]["verify_cost"]) == {"1", "2", "4", "8"} and stats["roofline"]["draft"]["speedup"] >= 1.0
+
+
+# --- sampling: every emitted token is distributed as the target's ------------------------
+
+
+def first_two(draft: str, trials: int, temperature: float) -> tuple[list[int], list[int], int]:
+    """Seeded runs of 2 tokens with one draft each: first tokens, second tokens, drafts kept."""
+    context = [7, 9, 11, 7, 9]  # n-gram: "7 9" occurred before, so "11" is proposed (target p = 0.38)
+
+    async def run() -> tuple[list[int], list[int], int]:
+        controller = Controller(AdaptiveSettings(), 2, 2, [draft])
+        controller.costs = Costs(1.0, {1: 1.0, 2: 1.0})
+        drafter = NgramDrafter(SpeculativeStrategy.model_validate(
+            {"type": "speculative", "target": "t", "draft": {"ngram": {}}}).drafters()[0].ngram)  # type: ignore[union-attr]
+        drafters = {"ngram": drafter, "draft": ModelDrafter("draft", ScriptedScorer(DRAFT))}
+        verifier = LocalVerifier(ScriptedScorer(TARGET))
+        rng = np.random.default_rng(2024)
+        firsts, seconds, kept = [], [], 0
+        for _ in range(trials):
+            generation = Generation(context, frozenset(), Decoding(2, temperature=temperature))
+            tokens = [t async for step in speculative_rounds(generation, verifier, [drafters[draft]], controller, rng)
+                      for t in step.tokens]
+            firsts.append(tokens[0])
+            seconds.append(tokens[1])
+            kept += generation.stats.accepted
+        return firsts, seconds, kept
+
+    return asyncio.run(run())
+
+
+def chi_square_pvalue(samples: list[int], p: np.ndarray) -> float:
+    """Goodness of fit of ``samples`` to ``p``; tokens expected fewer than 5 times share one bin."""
+    observed, expected = np.bincount(samples, minlength=len(p)), p * len(samples)
+    keep = expected >= 5
+    if (~keep).any():
+        return float(chisquare(np.append(observed[keep], observed[~keep].sum()),
+                               np.append(expected[keep], expected[~keep].sum())).pvalue)
+    return float(chisquare(observed, expected).pvalue)
+
+
+@pytest.mark.parametrize("draft", ["draft", "ngram"])
+def test_sampled_tokens_follow_the_target_distribution(draft: str) -> None:
+    temperature = 1.3
+    firsts, seconds, kept = first_two(draft, 3000, temperature)
+    assert 300 < kept < 2700  # drafts were both kept and rejected
+    context = [7, 9, 11, 7, 9]
+    assert chi_square_pvalue(firsts, sampling_probs(TARGET.logits(context), temperature, 1.0)[0]) > 1e-3
+    modal = int(np.argmax(np.bincount(firsts)))  # the second token, given the most frequent first one
+    after = [b for a, b in zip(firsts, seconds, strict=True) if a == modal]
+    p1 = sampling_probs(TARGET.logits([*context, modal]), temperature, 1.0)[0]
+    assert chi_square_pvalue(after, p1) > 1e-3
+
+
+P = np.array([[0.5, 0.3, 0.15, 0.05], [0.1, 0.2, 0.3, 0.4], [0.25, 0.25, 0.25, 0.25]])
+Q = np.array([[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1]])
+
+
+def first_tokens(rule: str, trials: int) -> np.ndarray:
+    """First emitted token of rounds of k = 2 drafts from Q (or the fixed drafts [1, 2], q a point mass)."""
+    rng = np.random.default_rng(7)
+    firsts = []
+    for _ in range(trials):
+        drafts = [1, 2] if rule == "point" else [int(rng.choice(4, p=Q[i])) for i in range(2)]
+        if rule == "keep-all":  # a wrong rule: keeps every draft, so its output follows q
+            verdict = greedy_verdict(drafts, [*drafts, 0])
+        else:
+            verdict = rejection_verdict(drafts, None if rule == "point" else Q, P, rng)
+        firsts.append([*drafts[: verdict.accepted], verdict.next_token][0])
+    return np.bincount(firsts, minlength=4)
+
+
+@pytest.mark.parametrize("rule", ["leviathan", "point"])
+def test_the_acceptance_rule_keeps_the_target_distribution(rule: str) -> None:
+    assert chisquare(first_tokens(rule, 4000), P[0] * 4000).pvalue > 1e-3
+
+
+def test_the_chi_square_check_catches_a_wrong_rule() -> None:
+    assert chisquare(first_tokens("keep-all", 4000), P[0] * 4000).pvalue < 1e-6
+
+
+def test_sampling_is_reproducible_with_a_seed() -> None:
+    async def run() -> list[list[int]]:
+        spec = strategy({"backend": "draft"}, adaptive_k=False, k=3)
+        await spec.start()
+        return [(await complete(spec, PROMPT, 16, temperature=0.9, seed=11))[0] for _ in range(2)]
+
+    first, second = asyncio.run(run())
+    assert first == second and first  # (an EOS may end a sampled answer early)
+
+
+# --- the adaptive controller -------------------------------------------------------------
+
+
+def test_controller_switches_speculation_off_when_costs_say_it_loses() -> None:
+    controller = Controller(AdaptiveSettings(probe_interval=16), 8, None, ["small", "ngram"])
+    # Compute-bound target (each row a decode step) and a draft at half a step: never pays.
+    controller.costs = Costs(0.04, {k: 1.0 + k for k in (1, 2, 4, 8)}, {"small": 0.5})
+    assert controller.choose([("small", 8), ("ngram", 3)], 100, 0).drafter is None
+    probe = controller.choose([("small", 8), ("ngram", 3)], 100, 16)  # after probe_interval tokens: try again
+    assert probe.probe and probe.drafter is not None and probe.k >= 1
+    # Memory-bound (verify(k) ~ one step) with good acceptance: speculate with long drafts.
+    controller.costs = Costs(0.04, {1: 1.02, 2: 1.04, 4: 1.08, 8: 1.16}, {"small": 0.05})
+    for _ in range(20):
+        controller.observe("small", 8, 7)
+    choice = controller.choose([("small", 8)], 100, 0)
+    assert choice.drafter == "small" and choice.k >= 6 and choice.expected_speedup > 1.8
+    assert controller.choose([("small", 8)], 2, 0).k == 1  # never more drafts than tokens left
+
+
+def test_expected_tokens_and_interpolated_costs() -> None:
+    assert expected_tokens(0.0, 4) == 1.0 and expected_tokens(1.0, 4) == 5.0
+    assert expected_tokens(0.5, 2) == pytest.approx(1.75)
+    costs = Costs(0.01, {1: 1.5, 2: 2.0, 4: 3.0})
+    assert costs.c(0) == 1.0 and costs.c(3) == pytest.approx(2.5) and costs.c(6) == pytest.approx(4.0)
+
+
+async def test_adaptive_strategy_decodes_alone_on_a_compute_bound_target() -> None:
+    # Scripted costs: every new token is a full step for target and draft alike.
+    target = ScriptedScorer(TARGET, step_seconds=0.002, row_cost=1.0)
+    draft = ScriptedScorer(DRAFT, step_seconds=0.002, row_cost=1.0)
+    spec = strategy({"backend": "draft"}, target_scorer=target, draft_scorer=draft,
+                    adaptive={"probe_interval": 16, "calibration_repeats": 1})
+    await spec.start()
+    out, record = await complete(spec, PROMPT, 40)
+    assert out == TARGET.greedy(PROMPT, 40)
+    stats = record.extra["speculative"]
+    assert stats["costs"]["verify_cost"]["4"] > 3.0  # measured, not assumed
+    assert stats["alone_tokens"] >= 30 and stats["rounds"] <= 3  # probes only
+
+
+async def test_adaptive_strategy_speculates_on_a_memory_bound_target() -> None:
+    target = ScriptedScorer(TARGET, step_seconds=0.004, row_cost=0.02)  # 5 rows ~ 1.08 steps
+    spec = strategy({"ngram": {"k": 8}}, target_scorer=target, adaptive={"calibration_repeats": 1})
+    await spec.start()
+    prompt = PROMPT * 3
+    out, record = await complete(spec, prompt, 48)
+    assert out == TARGET.greedy(prompt, 48)
+    stats = record.extra["speculative"]
+    assert stats["rounds"] > 0 and stats["costs"]["verify_cost"]["4"] < 1.5
+    assert stats["modelled_speedup"] > 1.0
+
+
+# --- prompt lookup -------------------------------------------------------------------------
+
+
+def test_prompt_lookup_prefers_long_recent_matches() -> None:
+    assert prompt_lookup([1, 2, 3, 4, 5, 9, 2, 3], 1, 3, 4) == [4, 5, 9, 2]
+    assert prompt_lookup([7, 1, 2, 8, 1, 2, 9, 5, 1, 2], 1, 2, 2) == [9, 5]  # the latest "1 2"
+    assert prompt_lookup([1, 2, 3], 1, 3, 4) == [] and prompt_lookup([1, 1], 1, 3, 0) == []
+
+
+# --- policy errors -------------------------------------------------------------------------
+
+
+async def test_vocabulary_mismatch_is_a_policy_error() -> None:
+    spec = strategy({"backend": "draft"}, draft_scorer=ScriptedScorer(DRAFT, vocabulary_id="another-tokenizer"))
+    with pytest.raises(PolicyError, match="do not share a vocabulary"):
+        await spec.start()
+
+
+async def test_drafter_without_a_scorer_is_a_policy_error() -> None:
+    spec = strategy({"backend": "draft"})
+    spec.resources.backends["draft"].scorer = None  # type: ignore[attr-defined]
+    with pytest.raises(PolicyError, match="has no in-process TokenScorer"):
+        await spec.start()
+
+
+async def test_target_that_cannot_verify_is_a_policy_error() -> None:
+    spec = strategy({"ngram": {}}, mode="verify")
+    spec.resources.backends["target"].scorer = None  # type: ignore[attr-defined]
+    with pytest.raises(PolicyError, match="cannot verify drafts"):
+        await spec.start()
+
+
+def test_self_layers_drafts_are_gone_with_a_clear_message() -> None:
+    policy = {"version": 1, "backends": {"slm": {"type": "local"}},
+              "models": {"s": {"type": "speculative", "target": "slm", "draft": {"self_layers": 24}}}}
+    with pytest.raises(PolicyError, match="self_layers was removed"):
+        parse_policy(policy)
