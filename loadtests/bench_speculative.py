@@ -30,7 +30,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,26 +38,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.core.backend import (
-    Backend,
-    BackendCapabilities,
-    ChatMessage,
-    CompletionPrompt,
-    Detokenizer,
-    GenerationEvent,
-    NextTokenScores,
-    SamplingParams,
-    TokenChunk,
-    TokenScorer,
-)
+from gateway.core.backend import Backend, CompletionPrompt, SamplingParams, TokenChunk, TokenScorer
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import GatewayResources, RequestContext
 from loadtests.bench_report import machine_line, write_section
+from loadtests.speculative_models import (
+    Agreement,
+    ModelledBackend,
+    ModelledScorer,
+    agreement,
+    remote_target,
+)
 from routers.speculative.controller import Costs, run_acceptance
 
 REPO = Path(__file__).resolve().parent.parent
 HUMANEVAL = REPO.parent / "shared" / "data" / "humaneval" / "dev.jsonl"
-TIE_LOGIT = 0.15  # logit gap under which two greedy choices are a float tie (batch shapes, KV layout)
 
 
 def models_dir() -> Path:
@@ -101,7 +95,7 @@ async def alone_stream(backend: Backend, ids: list[int], max_tokens: int) -> Run
 
 async def alone_scorer(scorer: TokenScorer, ids: list[int], max_tokens: int) -> Run:
     """The (modelled) target alone: one scorer row per decode step."""
-    sequence, tokens = list(ids), []
+    sequence, tokens = list(ids), list[int]()
     started = time.perf_counter()
     while len(tokens) < max_tokens:
         token = (await scorer.score_next_tokens(sequence, len(sequence))).argmax[-1]
@@ -230,7 +224,7 @@ async def run(args: argparse.Namespace) -> str:
         assert draft_scorer is not None
         backends: dict[str, Backend] = {"draft": draft}
         if args.mode == "remote":
-            server, remote = await remote_target(args.threads)
+            server, remote = await remote_target(coder("1.5b"), args.threads)
             backends["target"] = remote
             target_scorer = draft_scorer  # same vocabulary: only tokenises and scores ties
         else:
@@ -270,7 +264,7 @@ async def run(args: argparse.Namespace) -> str:
                                                    ids, result.tokens, runs["alone"].tokens)
                 setup.runs.append(result)
             print(f"prompt {i}: alone {len(runs['alone'].tokens)} tokens {runs['alone'].seconds:.1f}s; "
-                  + "; ".join(f"{s.name} {runs[s.name].seconds:.1f}s {runs[s.name].agreement.cell()}"  # type: ignore[union-attr]
+                  + "; ".join(f"{s.name} {runs[s.name].seconds:.1f}s {_cell(runs[s.name].agreement)}"
                               for s in setups), flush=True)
         rows, notes = table(setups, alone, args.max_k)
         if args.mode == "cost-model" and isinstance(target_scorer, ModelledScorer):
@@ -282,6 +276,10 @@ async def run(args: argparse.Namespace) -> str:
                 await backend.close()
         if server is not None:
             server.stop()
+
+
+def _cell(value: Agreement | None) -> str:
+    return value.cell() if value is not None else "-"
 
 
 async def warm(backends: dict[str, Backend], ids: list[int]) -> None:
@@ -306,9 +304,10 @@ async def modelled_step(scorer: TokenScorer, draft: Backend, args: argparse.Name
         await scorer.score_next_tokens([*probe, *junk], len(probe) + 1)
         real.append(time.perf_counter() - started)
     step = 1.25 * min(real) / (1 + args.slope * args.max_k)
+    modelled = step * (1 + args.slope * args.max_k)
     return step, (f"Cost model: decode step {step * 1000:.0f} ms, verify(k) = step x (1 + {args.slope} k) "
                   f"(verify(5)/decode(1) = {1 + 4 * args.slope:.2f}); the real verification of {args.max_k} "
-                  f"drafts took {min(real) * 1000:.0f} ms, inside the modelled {step * (1 + args.slope * args.max_k) * 1000:.0f} ms.")
+                  f"drafts took {min(real) * 1000:.0f} ms, inside the modelled {modelled * 1000:.0f} ms.")
 
 
 def main() -> None:

@@ -1,17 +1,23 @@
-"""Fault injection under load: requests keep flowing while the LLM upstream and Redis misbehave.
+"""Fault injection under load: nothing answered is lost, and spend always equals the records.
 
-Bounded and loopback-only: it starts a Redis server (own port, own directory, append-only
-file), a fake LLM upstream (``loadtests.fake_upstream``) and a gateway serving the cascade
-example policy (``policies/examples/cascade.yaml``) with reliability settings and fallbacks to
-the in-process SLM; sends ``--requests`` requests over ``--duration`` seconds while a fixed
-schedule kills and restarts the upstream, makes it slow, and restarts Redis; then stops
-everything it started and checks:
+Bounded and loopback-only. It starts a private Redis (own port and directory, fsynced AOF), a
+fake LLM upstream (``loadtests.fake_upstream``) and a gateway serving the cascade example
+policy (SLM in-process, LLM = the fake, fallbacks to the SLM) with auth on; every request uses
+one virtual key. While ``--requests`` requests flow over ``--duration`` seconds, one schedule
+(fractions of the run) injects, in this order:
 
-* every request got an answer or an OpenAI error envelope (no 500, no broken response);
-* no traceback in the gateway's log;
-* after recovery the store holds exactly one record per request.
+* the LLM upstream SIGKILLed, restarted, made slow (beyond its first-token budget), restored;
+* the **gateway SIGKILLed** and restarted;
+* a burst of ``--burst`` (250) concurrent requests at once;
+* a **64 MiB header** client and a slowloris client (the gateway must refuse both, 431 / 408);
+* **Redis SIGKILLed, then the gateway SIGKILLed while Redis is down**; both restarted.
 
-    .venv/bin/python -m loadtests.fault_injection --requests 240 --duration 90
+Then it waits for the journal to be replayed, stops everything it started and checks: no
+broken answer (500, no envelope, a stream without ``[DONE]`` outside a kill), every answered
+request has exactly one record, and the key's spend equals the sum of its records' cost to the
+nano-dollar. It prints the tally and PASS / FAIL (exit 1 on FAIL).
+
+    .venv/bin/python -m loadtests.fault_injection --requests 400 --duration 90
 """
 
 from __future__ import annotations
@@ -19,25 +25,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
 import yaml
 
-from gateway.accounting.redis_store import RedisRecordStore
 from loadtests.bench_report import write_section
+from loadtests.fault_clients import Tally, huge_header, one_request, slowloris
+from loadtests.ledger import read_ledger
 from loadtests.processes import ServerProcess, free_port
+from loadtests.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parent.parent
-MODELS = (("cascade", 0.5), ("llm", 0.4), ("slm", 0.1))
+MODELS = (("cascade", 0.3), ("llm", 0.6), ("slm", 0.1))
+ADMIN_KEY = "fault-admin-" + "5f" * 8
 LLM_RELIABILITY = {
     "timeouts": {"connect": 0.5, "first_token": 1.5, "total": 15.0, "idle": 2.0},
     "retry": {"max_attempts": 2, "initial_backoff_s": 0.05, "max_backoff_s": 0.2},
@@ -45,51 +51,9 @@ LLM_RELIABILITY = {
 }
 
 
-@dataclass
-class Tally:
-    sent: int = 0
-    answered: int = 0
-    fallbacks: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
-    broken: list[str] = field(default_factory=list)  # 500s, non-envelope errors, transport failures
-    request_ids: list[str] = field(default_factory=list)
-
-
-class RedisProcess:
-    """redis-server on a spare port with an append-only file, so a restart keeps the data."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.dir = workdir / "redis"
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - the child owns it
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", "", "--protected-mode", "yes"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout.strip() \
-                != b"PONG":
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
-
-
 def upstream_process(port: int, workdir: Path, ttft_ms: float = 0.0) -> ServerProcess:
     command = [sys.executable, "-m", "loadtests.fake_upstream", "--port", str(port), "--ttft-ms", str(ttft_ms),
-               "--completion-tokens", "8", "--models", "fake-llm"]
+               "--completion-tokens", "8", "--tokens-per-s", "80", "--models", "fake-llm"]
     return ServerProcess("fake-llm", command, base_url=f"http://127.0.0.1:{port}", ready_path="/health",
                          log_path=workdir / "upstream.log", cwd=REPO)
 
@@ -104,183 +68,208 @@ def build_policy(upstream_port: int) -> dict[str, Any]:
     return policy
 
 
-async def one_request(client: httpx.AsyncClient, rng: random.Random, tally: Tally, max_tokens: int) -> None:
-    model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
-    stream = rng.random() < 0.3
-    body = {"model": model, "messages": [{"role": "user", "content": f"Name a colour. ({rng.randrange(10**6)})"}],
-            "max_tokens": max_tokens, "stream": stream}
-    tally.sent += 1
-    try:
-        async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-            data = await response.aread()
-    except httpx.HTTPError as exc:
-        tally.broken.append(f"{model}: transport {type(exc).__name__}")
-        return
-    if request_id := response.headers.get("x-slm-gateway-request-id"):
-        tally.request_ids.append(request_id)
-    if response.status_code != 200:
-        try:
-            error = orjson.loads(data)["error"]
-            kind = f"{response.status_code} {error['code']}"
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            tally.broken.append(f"{model}: HTTP {response.status_code} without an OpenAI envelope")
-            return
-        if response.status_code >= 500 and response.status_code not in (502, 503, 504):
-            tally.broken.append(f"{model}: {kind}")
-        tally.errors[kind] += 1
-        return
-    if stream:
-        events = [line[6:] for line in data.decode().split("\n") if line.startswith("data: ")]
-        if not events or events[-1] != "[DONE]":
-            tally.broken.append(f"{model}: stream without [DONE]")
-            return
-        for event in events[:-1]:
-            payload = orjson.loads(event)
-            if "error" in payload:
-                tally.errors[f"stream {payload['error']['code']}"] += 1
-                return
-    if fallback := response.headers.get("x-slm-gateway-fallback"):
-        tally.fallbacks[f"{model}->{fallback}"] += 1
-    tally.answered += 1
+@dataclass
+class Run:
+    """The processes of one run; the gateway is replaced on every restart."""
+
+    workdir: Path
+    redis: RedisServer
+    policy_path: Path
+    gateway_port: int
+    upstream_port: int
+    upstream: ServerProcess | None = None
+    gateway: ServerProcess | None = None
+
+    def start_gateway(self) -> None:
+        self.gateway = ServerProcess(
+            "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(self.policy_path),
+                        "--host", "127.0.0.1", "--port", str(self.gateway_port)],
+            base_url=f"http://127.0.0.1:{self.gateway_port}", ready_path="/ready",
+            log_path=self.workdir / "gateway.log",
+            env={"REDIS_URL": self.redis.url, "SLM_GATEWAY_DATA_DIR": str(self.workdir / "data"),
+                 "SLM_GATEWAY_ADMIN_KEY": ADMIN_KEY, "SLM_GATEWAY_DRAIN_SECONDS": "30",
+                 "SLM_GATEWAY_HEADER_TIMEOUT_S": "3", "OMP_NUM_THREADS": "1", "SLM_GATEWAY_THREADS": "1"},
+            cwd=REPO,
+        ).start(timeout=300)
+
+    def kill_gateway(self) -> None:
+        if self.gateway is not None and self.gateway.process is not None:
+            self.gateway.process.kill()
+            self.gateway.process.wait(timeout=30)
+
+    def restart_upstream(self, ttft_ms: float) -> None:
+        if self.upstream is not None:
+            self.upstream.stop()
+        self.upstream = upstream_process(self.upstream_port, self.workdir, ttft_ms).start()
+
+    def stop_all(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        if self.upstream is not None:
+            self.upstream.stop()
+        self.redis.stop()
 
 
-async def run_load(base_url: str, requests: int, duration: float, max_tokens: int, seed: int, tally: Tally) -> None:
-    rng = random.Random(seed)
-    interval = duration / requests
-    limits = httpx.Limits(max_connections=32)
-    async with httpx.AsyncClient(base_url=base_url, timeout=90, limits=limits) as client:
+async def run_load(run: Run, args: argparse.Namespace, secret: str, tally: Tally) -> None:
+    rng = random.Random(args.seed)
+    interval = args.duration / args.requests
+    limits = httpx.Limits(max_connections=args.burst + 50, max_keepalive_connections=args.burst + 50)
+    headers = {"authorization": f"Bearer {secret}"}
+    base = f"http://127.0.0.1:{run.gateway_port}"
+    async with httpx.AsyncClient(base_url=base, timeout=90, limits=limits, headers=headers) as client:
         start = time.monotonic()
         tasks = []
-        for index in range(requests):
+        for index in range(args.requests):
             delay = start + index * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one_request(client, rng, tally, max_tokens)))
+            model = rng.choices([m for m, _ in MODELS], [w for _, w in MODELS])[0]
+            tasks.append(asyncio.create_task(one_request(client, rng, tally, model, args.max_tokens)))
         await asyncio.gather(*tasks)
 
 
-async def run_faults(duration: float, upstream: list[ServerProcess], redis: RedisProcess, port: int,
-                     workdir: Path, log: list[str]) -> None:
-    """The schedule, as fractions of the run: kill, restart, slow, restore the LLM; restart Redis."""
+async def run_faults(run: Run, args: argparse.Namespace, secret: str, tally: Tally) -> None:
     start = time.monotonic()
+    base = f"http://127.0.0.1:{run.gateway_port}"
 
     async def at(fraction: float, label: str) -> None:
-        await asyncio.sleep(max(0.0, start + fraction * duration - time.monotonic()))
-        log.append(f"t={time.monotonic() - start:5.1f}s {label}")
+        await asyncio.sleep(max(0.0, start + fraction * args.duration - time.monotonic()))
+        tally.schedule.append(f"t={time.monotonic() - start:5.1f}s {label}")
 
-    def restart(ttft_ms: float) -> None:
-        upstream[0].stop()
-        upstream[0] = upstream_process(port, workdir, ttft_ms).start()
+    async def kill_and_restart_gateway() -> None:
+        tally.kill_started()
+        await asyncio.to_thread(run.kill_gateway)
+        await asyncio.to_thread(run.start_gateway)
+        tally.kill_ended()
 
-    await at(0.15, "LLM upstream killed (SIGKILL)")
-    if upstream[0].process is not None:
-        upstream[0].process.kill()
-        upstream[0].process.wait()
-    await at(0.32, "LLM upstream restarted")
-    await asyncio.to_thread(restart, 0.0)
-    await at(0.45, "LLM upstream restarted slow (2.5 s to first token > 1.5 s budget)")
-    await asyncio.to_thread(restart, 2500.0)
-    await at(0.60, "LLM upstream back to normal")
-    await asyncio.to_thread(restart, 0.0)
-    await at(0.72, "Redis stopped")
-    await asyncio.to_thread(redis.stop)
-    await at(0.80, "Redis restarted")
-    await asyncio.to_thread(redis.start)
+    await at(0.08, "LLM upstream killed (SIGKILL)")
+    if run.upstream is not None and run.upstream.process is not None:
+        run.upstream.process.kill()
+        run.upstream.process.wait()
+    await at(0.16, "LLM upstream restarted")
+    await asyncio.to_thread(run.restart_upstream, 0.0)
+    await at(0.22, "LLM upstream restarted slow (2.5 s to first token > 1.5 s budget)")
+    await asyncio.to_thread(run.restart_upstream, 2500.0)
+    await at(0.30, "LLM upstream back to normal")
+    await asyncio.to_thread(run.restart_upstream, 0.0)
+    await at(0.38, "gateway SIGKILLed mid-load (then restarted)")
+    await kill_and_restart_gateway()
+    tally.schedule.append(f"t={time.monotonic() - start:5.1f}s gateway ready again")
+    await at(0.55, f"burst: {args.burst} concurrent requests; a 64 MiB header and a slowloris client")
+    limits = httpx.Limits(max_connections=args.burst, max_keepalive_connections=args.burst)
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits,
+                                 headers={"authorization": f"Bearer {secret}"}) as client:
+        rng = random.Random(args.seed + 1)
+        burst = [one_request(client, rng, tally, "llm", args.max_tokens, burst=True) for _ in range(args.burst)]
+        attackers = [asyncio.to_thread(huge_header, run.gateway_port, 64 << 20, tally),
+                     asyncio.to_thread(slowloris, run.gateway_port, 12.0, tally)]
+        await asyncio.gather(*burst, *attackers)
+    await at(0.75, "Redis SIGKILLed")
+    tally.kill_started()
+    await asyncio.to_thread(run.redis.kill)
+    await at(0.78, "gateway SIGKILLed while Redis is down")
+    await asyncio.to_thread(run.kill_gateway)
+    await at(0.84, "Redis restarted, then the gateway")
+    await asyncio.to_thread(run.redis.start)
+    await asyncio.to_thread(run.start_gateway)
+    tally.kill_ended()
 
 
-async def count_records(redis_url: str) -> int:
-    store = RedisRecordStore(redis_url)
-    await store.open()
-    try:
-        return await store.count_records()
-    finally:
-        await store.close()
+def create_key(base_url: str) -> tuple[str, str]:
+    response = httpx.post(f"{base_url}/v1/gateway/keys", json={"name": "fault-injection", "budget_usd": 10_000},
+                          headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=30)
+    response.raise_for_status()
+    created = response.json()
+    return str(created["id"]), str(created["key"])
 
 
-async def wait_records(redis_url: str, expected: int, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    count = await count_records(redis_url)
-    while count < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-        count = await count_records(redis_url)
-    return count
-
-
-def report(args: argparse.Namespace, tally: Tally, schedule: list[str], records: int, tracebacks: int,
+def report(args: argparse.Namespace, tally: Tally, ledger: Any, key_id: str, tracebacks: int,
            elapsed: float) -> tuple[str, bool]:
+    missing = ledger.missing(tally.answered_ids)
+    duplicated = ledger.duplicated()
+    spent, recorded = ledger.spent_nano.get(key_id, 0), ledger.record_nano.get(key_id, 0)
+    headers_ok = tally.header_refused and tally.slowloris_refused
+    ok = (not tally.broken and not missing and not duplicated and spent == recorded and tracebacks == 0
+          and headers_ok and tally.answered > 0)
     errors = ", ".join(f"{k}: {v}" for k, v in sorted(tally.errors.items())) or "none"
-    fallbacks = ", ".join(f"{k}: {v}" for k, v in sorted(tally.fallbacks.items())) or "none"
-    ok = not tally.broken and tracebacks == 0 and records == tally.sent
+    fives = tally.fives
     lines = [
         "## Fault injection under load",
         "",
         f"`.venv/bin/python -m loadtests.fault_injection --requests {args.requests} --duration {args.duration:g} "
-        f"--max-tokens {args.max_tokens} --seed {args.seed}` — cascade example policy (SLM in-process, LLM = fake "
-        "upstream), Redis accounting, fallbacks `cascade -> slm`, `llm -> slm`; 2 shared CPU cores.",
+        f"--burst {args.burst} --max-tokens {args.max_tokens} --seed {args.seed}` — cascade example policy (SLM "
+        "in-process, LLM = fake upstream at 80 tokens/s), private Redis (keys and records, fsynced AOF), journal on, "
+        "auth on: every request uses one virtual key; fallbacks `cascade -> slm`, `llm -> slm`; loopback only; "
+        "2 shared CPU cores, `OMP_NUM_THREADS=1`.",
         "",
-        "| requests | answered | of which via fallback | OpenAI errors | broken (500 / no envelope / no answer) "
-        "| gateway tracebacks | records in store | verdict |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
-        f"| {tally.sent} | {tally.answered} | {sum(tally.fallbacks.values())} | {sum(tally.errors.values())} "
-        f"| {len(tally.broken)} | {tracebacks} | {records} | {'PASS' if ok else 'FAIL'} |",
+        "| sent | answered | clean errors (envelope) | of which 5xx (502/503/504) | cut by a SIGKILL | refused while "
+        "the gateway was down | broken | answered without a record | duplicate records | spend (nano-USD) | "
+        "records' cost (nano-USD) | verdict |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        f"| {tally.sent} | {tally.answered} | {sum(tally.errors.values())} | {fives} | {tally.cut} | {tally.down} "
+        f"| {len(tally.broken)} | {len(missing)} | {len(duplicated)} | {spent:,} | {recorded:,} "
+        f"| {'PASS' if ok else 'FAIL'} |",
         "",
-        f"- fallbacks: {fallbacks}",
-        f"- errors by kind: {errors}",
-        f"- wall time of the load: {elapsed:.0f} s",
-        "- schedule: " + "; ".join(schedule),
+        f"- burst of {args.burst} concurrent: {tally.burst_answered} answered, {tally.burst_other} other "
+        f"({', '.join(f'{k}: {v}' for k, v in sorted(tally.burst_kinds.items())) or 'none'})",
+        f"- 64 MiB header: {tally.header_reply}; slowloris: {tally.slowloris_reply}",
+        f"- fallbacks: {', '.join(f'{k}: {v}' for k, v in sorted(tally.fallbacks.items())) or 'none'}",
+        f"- clean errors by kind: {errors}",
+        f"- gateway tracebacks in its log: {tracebacks}; wall time of the load: {elapsed:.0f} s",
+        "- schedule: " + "; ".join(tally.schedule),
     ]
     if tally.broken:
         lines.append(f"- broken: {'; '.join(tally.broken[:10])}")
+    if missing:
+        lines.append(f"- answered without a record (first 5): {', '.join(missing[:5])}")
     return "\n".join(lines), ok
 
 
 async def main_async(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="slmgw-faults-"))
-    redis = RedisProcess(workdir)
-    upstream_port, gateway_port = free_port(), free_port()
-    upstream: list[ServerProcess] = []
-    gateway: ServerProcess | None = None
+    run = Run(workdir, RedisServer(workdir), workdir / "policy.yaml", free_port(), free_port())
     try:
-        redis.start()
-        upstream.append(upstream_process(upstream_port, workdir).start())
-        policy_path = workdir / "policy.yaml"
-        policy_path.write_text(yaml.safe_dump(build_policy(upstream_port), sort_keys=False))
-        gateway = ServerProcess(
-            "gateway", [sys.executable, "-m", "gateway.cli", "serve", "--policy", str(policy_path),
-                        "--host", "127.0.0.1", "--port", str(gateway_port)],
-            base_url=f"http://127.0.0.1:{gateway_port}", ready_path="/ready", log_path=workdir / "gateway.log",
-            env={"REDIS_URL": redis.url, "SLM_GATEWAY_DATA_DIR": str(workdir / "data"),
-                 "SLM_GATEWAY_DRAIN_SECONDS": "30"}, cwd=REPO,
-        ).start(timeout=300)
-        tally, schedule = Tally(), list[str]()
+        run.redis.start()
+        run.restart_upstream(0.0)
+        run.policy_path.write_text(yaml.safe_dump(build_policy(run.upstream_port), sort_keys=False))
+        run.start_gateway()
+        key_id, secret = create_key(f"http://127.0.0.1:{run.gateway_port}")
+        tally = Tally()
         started = time.monotonic()
-        await asyncio.gather(
-            run_load(gateway.base_url, args.requests, args.duration, args.max_tokens, args.seed, tally),
-            run_faults(args.duration, upstream, redis, upstream_port, workdir, schedule),
-        )
+        await asyncio.wait_for(asyncio.gather(run_load(run, args, secret, tally), run_faults(run, args, secret, tally)),
+                               timeout=args.duration * 3 + 300)
         elapsed = time.monotonic() - started
-        records = await wait_records(redis.url, tally.sent, timeout=60)
-        gateway.stop()  # drains and flushes the accounting queue
-        records = await count_records(redis.url)
-        tracebacks = gateway.log_path.read_text(errors="replace").count("Traceback")
-        text, ok = report(args, tally, schedule, records, tracebacks, elapsed)
+        ledger = await asyncio.to_thread(settled_ledger, run.redis.url, key_id, tally.answered_ids, 90.0)
+        if run.gateway is not None:
+            run.gateway.stop()  # drains and flushes
+        ledger = read_ledger(run.redis.url, [key_id])
+        tracebacks = (workdir / "gateway.log").read_text(errors="replace").count("Traceback")
+        text, ok = report(args, tally, ledger, key_id, tracebacks, elapsed)
         print(text)
         print(f"(logs in {workdir})")
         if not args.no_report:
             write_section("fault-injection", text)
         return 0 if ok else 1
     finally:
-        if gateway is not None:
-            gateway.stop()
-        for process in upstream:
-            process.stop()
-        redis.stop()
+        run.stop_all()
+
+
+def settled_ledger(redis_url: str, key_id: str, answered: list[str], timeout: float) -> Any:
+    """Poll until every answered request has its record and the spend equals them (or time is up)."""
+    deadline = time.monotonic() + timeout
+    ledger = read_ledger(redis_url, [key_id])
+    while (ledger.missing(answered) or not ledger.spend_matches(key_id)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+        ledger = read_ledger(redis_url, [key_id])
+    return ledger
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m loadtests.fault_injection", description=__doc__)
-    parser.add_argument("--requests", type=int, default=240)
+    parser = argparse.ArgumentParser(prog="python -m loadtests.fault_injection", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=400, help="steady requests over --duration")
     parser.add_argument("--duration", type=float, default=90.0, help="seconds over which requests are sent")
+    parser.add_argument("--burst", type=int, default=250, help="concurrent requests sent at once mid-run")
     parser.add_argument("--max-tokens", type=int, default=6)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-report", action="store_true", help="do not update docs/benchmarks.md")

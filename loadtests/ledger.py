@@ -38,12 +38,13 @@ def read_ledger(redis_url: str, key_ids: list[str], prefix: str = "slmgw:") -> L
     try:
         last = "-"
         while True:
-            rows = client.xrange(f"{prefix}records", min=last, max="+", count=1000)
-            rows = [row for row in rows if row[0] != last]
+            rows = [(str(entry_id), fields or {})
+                    for entry_id, fields in client.xrange(f"{prefix}records", min=last, max="+", count=1000) or []
+                    if str(entry_id) != last]
             if not rows:
                 break
             for entry_id, fields in rows:
-                record = orjson.loads(fields["record"])
+                record = orjson.loads(str(fields["record"]))
                 ledger.records[str(record["request_id"])] += 1
                 if record.get("key_id"):
                     ledger.record_nano[str(record["key_id"])] += round(float(record["cost_usd"]) * NANO_PER_USD)

@@ -132,6 +132,7 @@ async def remote_target(model: Path, threads: int) -> tuple[Any, Backend]:
 
     from gateway.backends.openai.backend import OpenAICompatibleBackend
     from gateway.backends.openai.config import OpenAIBackend
+    from gateway.core.config import Timeouts
     from loadtests.processes import ServerProcess, free_port
 
     port = free_port()
@@ -147,6 +148,6 @@ async def remote_target(model: Path, threads: int) -> tuple[Any, Backend]:
     server.start(timeout=240)
     backend = OpenAICompatibleBackend("target", OpenAIBackend(
         type="openai", base_url=f"{server.base_url}/v1", model="large", supports_prefix_continuation=True,
-        timeouts={"connect": 5, "first_token": 120, "total": 600, "idle": 120}))  # type: ignore[arg-type]
+        timeouts=Timeouts(connect=5, first_token=120, total=600, idle=120)))
     await backend.start()
     return server, backend

@@ -6,7 +6,7 @@ Each member of :data:`policies.schema.StrategyConfig` is one strategy: its ``typ
 (docs/extending.md) — no decorator, no module list. The implementation module is imported the
 first time a policy uses it (speculative decoding's torch stays out of processes that need none).
 
-:meth:`StrategyRegistry.check` is what ``slm-gateway policy check`` and ``tests/test_layers.py``
+:meth:`StrategyRegistry.check` is what ``slm-gateway policy check`` and ``tests/test_registries.py``
 run: every member must resolve to a :class:`Strategy` whose config type is that member, and
 every strategy config found under ``routers/`` must be a member.
 """

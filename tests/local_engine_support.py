@@ -36,7 +36,7 @@ def coder_gguf(size: str) -> Path:
 @asynccontextmanager
 async def started(engine: str, model: str = "smollm2", **settings: Any) -> AsyncIterator[LocalModelBackend]:
     """A backend on ``engine``, one thread (the box is shared: never oversubscribe)."""
-    backend = LocalModelBackend("slm", LocalBackend(type="local", model=model, engine=engine,  # type: ignore[arg-type]
+    backend = LocalModelBackend("slm", LocalBackend(type="local", model=model, engine=engine,
                                                     threads=1, **settings))
     await backend.start()
     try:
@@ -75,3 +75,22 @@ async def chat(backend: LocalModelBackend, prompt: str, **params: Any) -> Result
 async def complete(backend: LocalModelBackend, prompt: CompletionPrompt, **params: Any) -> Result:
     params.setdefault("temperature", 0.0)
     return await collect(backend.stream_completion(prompt, SamplingParams(**params)))
+
+
+def llamacpp_prompt_logprobs(ids: list[int], model: str = "smollm2") -> list[float]:
+    """Each prompt token's logprob given the ones before it, straight from llama.cpp: one batch
+    with logits at every row, log-softmax in numpy (the reference for the gateway's echo)."""
+    from gateway.backends.local.llamacpp.capi import Context, ContextOptions, Model
+    from gateway.backends.local.sampling import log_softmax
+    from gateway.backends.local.source import resolve_source
+
+    path = resolve_source(model).gguf_path
+    assert path is not None
+    loaded = Model(path)
+    context = Context(loaded, ContextOptions(n_ctx=max(256, len(ids)), n_batch=len(ids), n_seq_max=1, n_threads=1))
+    try:
+        context.decode(ids, list(range(len(ids))), [0] * len(ids), [True] * len(ids))
+        return [float(log_softmax(context.logits(i - 1))[ids[i]]) for i in range(1, len(ids))]
+    finally:
+        context.free()
+        loaded.free()

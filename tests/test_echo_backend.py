@@ -28,11 +28,11 @@ POLICY = {
 
 @pytest.fixture(scope="module")
 def echo_gateway() -> Iterator[GatewayProcess]:
-    process = GatewayProcess(POLICY, name="echo").start(timeout=60)
+    process = GatewayProcess(POLICY, name="echo")
     try:
-        yield process
+        yield process.start(timeout=60)
     finally:
-        process.stop()
+        process.stop()  # also when start timed out: never leave a server behind
 
 
 def test_policy_check_accepts_the_new_kind(echo_gateway: GatewayProcess, capsys: pytest.CaptureFixture[str]) -> None:

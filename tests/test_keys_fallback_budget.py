@@ -72,6 +72,7 @@ async def test_forty_streamed_requests_through_a_priced_fallback_stay_within_the
             error = orjson.loads(body)["error"]
             assert status == 429 and error["code"] in {"budget_reserved", "insufficient_quota"}, body
         info = key_info(gateway.url, str(created["id"]))
+        print(f"served {len(served)}/40, refused {len(refused)}, spent ${info['spent_usd']:.6f} of ${BUDGET}")
         assert info["reserved_usd"] == 0
         assert info["spent_usd"] <= BUDGET + ONE_REQUEST + 1e-12, (info, len(served))
         assert info["spent_usd"] == pytest.approx(len(served) * ONE_REQUEST)

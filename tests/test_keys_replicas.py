@@ -42,7 +42,8 @@ def replicas() -> Iterator[list[GatewayProcess]]:
     with serve_in_thread(FakeConfig(completion_tokens=16, tokens_per_s=100)) as (upstream, _app):
         policy = fallback_policy(upstream, dead_url())
         env = {"REDIS_URL": REDIS_URL, "SLM_GATEWAY_ADMIN_KEY": ADMIN_KEY}
-        processes = [GatewayProcess(policy, env=env, name="replica-a"), GatewayProcess(policy, env=env, name="replica-b"),
+        processes = [GatewayProcess(policy, env=env, name="replica-a"),
+                     GatewayProcess(policy, env=env, name="replica-b"),
                      GatewayProcess(policy, env=env, name="replica-w2", extra_args=["--workers", "2"])]
         try:
             for process in processes:
@@ -73,6 +74,7 @@ async def test_one_budget_across_three_replicas(replicas: list[GatewayProcess], 
         assert served and all(body.rstrip().endswith(b"data: [DONE]") for body in served)
         assert {status for status, _ in results} <= {200, 429}
         info = key_info(replicas[1].url, str(created["id"]))
+        print(f"{model}: served {len(served)}/{REQUESTS}, spent ${info['spent_usd']:.6f} of ${BUDGET:.6f}")
         assert info["reserved_usd"] == 0
         assert info["spent_usd"] <= BUDGET + ONE_REQUEST + 1e-12, (model, info, len(served))
         assert info["spent_usd"] == pytest.approx(len(served) * ONE_REQUEST)

@@ -140,7 +140,7 @@ def test_num_layers_is_refused_for_llamacpp() -> None:
 async def test_a_broken_gguf_is_a_load_error(tmp_path: Path) -> None:
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(ModelLoadError, match="llama.cpp"):
+    with pytest.raises(ModelLoadError, match=r"llama\.cpp"):
         async with started("llamacpp", model=str(broken)):
             pass
 
@@ -156,13 +156,12 @@ def test_a_template_that_refuses_is_an_invalid_request() -> None:
 def test_torch_is_never_imported_when_serving_a_gguf(tmp_path: Path) -> None:
     script = """
 import asyncio, json, sys
-import httpx, yaml
+from pathlib import Path
+import httpx
 from gateway.app import build_app
 from gateway.settings import GatewaySettings
 from tests.inprocess import NoMetrics, RecordingSink
-from tests.gateway_process import smollm2_policy
-policy = sys.argv[1]
-app = build_app(GatewaySettings(policy_path=policy, data_dir=sys.argv[2], threads=1),
+app = build_app(GatewaySettings(policy_path=Path(sys.argv[1]), data_dir=Path(sys.argv[2]), threads=1),
                 accounting=RecordingSink(), metrics=NoMetrics())
 async def main():
     async with app.router.lifespan_context(app):
@@ -172,7 +171,8 @@ async def main():
             reply = await client.post("/v1/chat/completions", json=body)
             return reply.status_code
 status = asyncio.run(main())
-print(json.dumps({"status": status, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))}))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"status": status, "heavy": heavy}))
 """
     import yaml
 

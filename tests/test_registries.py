@@ -60,10 +60,10 @@ BrokenUnion = Annotated[
 
 def test_the_shipped_unions_resolve() -> None:
     strategies = StrategyRegistry(StrategyConfig)
-    assert strategies.types() == ["cascade", "learned", "rules", "speculative", "static"]
+    assert {"cascade", "learned", "rules", "speculative", "static"} <= set(strategies.types())
     assert strategies.check() == []
     backends = BackendRegistry(BackendConfig)
-    assert backends.types() == ["echo", "local", "openai"]
+    assert {"echo", "local", "openai"} <= set(backends.types())
     assert backends.check() == []
     for tag in strategies.types():  # each tag is written once: on its config, which its class names
         assert declared_config(strategies.implementation(tag)) is strategies.table.config_class(tag)

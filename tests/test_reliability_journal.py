@@ -19,7 +19,8 @@ import contextlib
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ CONCURRENCY = 24
 @dataclass
 class Answers:
     answered: list[str] = field(default_factory=list)  # request ids of complete answers
-    other: int = 0
+    other: Counter[str] = field(default_factory=Counter)  # why the rest were not answers
 
 
 async def _one(client: httpx.AsyncClient, url: str, secret: str, stream: bool, answers: Answers) -> None:
@@ -48,8 +49,8 @@ async def _one(client: httpx.AsyncClient, url: str, secret: str, stream: bool, a
         async with client.stream("POST", f"{url}/v1/chat/completions", json=body,
                                  headers={"authorization": f"Bearer {secret}"}) as response:
             data = await response.aread()
-    except httpx.HTTPError:
-        answers.other += 1  # the gateway died under it: not an answer
+    except httpx.HTTPError as exc:
+        answers.other[type(exc).__name__] += 1  # the gateway died under it: not an answer
         await asyncio.sleep(0.05)  # it is restarting: do not spin
         return
     complete = response.status_code == 200 and (
@@ -58,25 +59,35 @@ async def _one(client: httpx.AsyncClient, url: str, secret: str, stream: bool, a
     if complete:
         answers.answered.append(response.headers["x-slm-gateway-request-id"])
     else:
-        answers.other += 1
+        answers.other[f"{response.status_code} {data[:80]!r}"] += 1
 
 
-async def _load(url: str, secret: str, seconds: float, answers: Answers, seed: int) -> None:
+async def _load(url: str, secret: str, stop: asyncio.Event, answers: Answers, seed: int) -> None:
     rng = random.Random(seed)
-    deadline = time.monotonic() + seconds
 
     async def worker() -> None:
         async with httpx.AsyncClient(timeout=30) as client:
-            while time.monotonic() < deadline:
+            while not stop.is_set():
                 await _one(client, url, secret, rng.random() < 0.6, answers)
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
 
 
-async def _kill_after(seconds: float, *kills: object) -> None:
-    for kill in kills:
-        await asyncio.sleep(seconds)
-        await asyncio.to_thread(kill)  # type: ignore[arg-type]
+async def _answered(answers: Answers, count: int, timeout: float = 60.0) -> None:
+    """Wait until ``count`` more answers completed (progress, not wall time: the box may be busy)."""
+    target = len(answers.answered) + count
+    deadline = time.monotonic() + timeout
+    while len(answers.answered) < target and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+async def _faults(stop: asyncio.Event, answers: Answers, steps: list[tuple[int, Callable[[], None]]]) -> None:
+    """Run each kill once ``count`` more answers completed; then stop the load shortly after."""
+    for count, kill in steps:
+        await _answered(answers, count)
+        await asyncio.to_thread(kill)
+    await asyncio.sleep(0.5)
+    stop.set()
 
 
 def _settled_ledger(redis_url: str, key_id: str, answered: list[str], timeout: float = 45.0) -> Ledger:
@@ -106,13 +117,16 @@ async def test_sigkill_with_redis_up_and_down_loses_no_answered_record(workdir: 
                 key_id, secret = str(created["id"]), str(created["key"])
                 answers = Answers()
                 # 1. Redis up: SIGKILL the gateway mid-load.
-                await asyncio.gather(_load(gateway.url, secret, 3.0, answers, seed=1),
-                                     _kill_after(2.0, lambda: gateway.stop(kill=True)))
+                stop = asyncio.Event()
+                await asyncio.gather(_load(gateway.url, secret, stop, answers, seed=1),
+                                     _faults(stop, answers, [(40, lambda: gateway.stop(kill=True))]))
                 killed_with_redis_up = len(answers.answered)
                 gateway.start(timeout=60)
-                # 2. Redis down: kill Redis while answers stream, then the gateway.
-                await asyncio.gather(_load(gateway.url, secret, 3.5, answers, seed=2),
-                                     _kill_after(1.2, redis.kill, lambda: gateway.stop(kill=True)))
+                # 2. Redis down: kill Redis while answers stream; once some of the requests admitted
+                # before it finished (their settlement cannot reach Redis), kill the gateway too.
+                stop = asyncio.Event()
+                await asyncio.gather(_load(gateway.url, secret, stop, answers, seed=2),
+                                     _faults(stop, answers, [(30, redis.kill), (5, lambda: gateway.stop(kill=True))]))
                 redis.start()
                 gateway.start(timeout=60)
                 ledger = _settled_ledger(redis.url, key_id, answers.answered)
@@ -120,7 +134,7 @@ async def test_sigkill_with_redis_up_and_down_loses_no_answered_record(workdir: 
                 gateway.stop()
     finally:
         redis.stop()
-    assert killed_with_redis_up > 0 and len(answers.answered) > killed_with_redis_up  # both phases answered
+    assert killed_with_redis_up > 0 and len(answers.answered) > killed_with_redis_up, answers.other  # both phases
     assert ledger.missing(answers.answered) == [], f"{len(ledger.missing(answers.answered))} answered, no record"
     assert ledger.duplicated() == []
     assert ledger.spent_nano[key_id] == ledger.record_nano[key_id] > 0, ledger

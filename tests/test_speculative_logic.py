@@ -337,7 +337,7 @@ async def test_adaptive_strategy_decodes_alone_on_a_compute_bound_target() -> No
 
 
 async def test_adaptive_strategy_speculates_on_a_memory_bound_target() -> None:
-    target = ScriptedScorer(TARGET, step_seconds=0.004, row_cost=0.02)  # 5 rows ~ 1.08 steps
+    target = ScriptedScorer(TARGET, step_seconds=0.02, row_cost=0.02)  # 5 rows ~ 1.08 steps
     spec = strategy({"ngram": {"k": 8}}, target_scorer=target, adaptive={"calibration_repeats": 1})
     await spec.start()
     prompt = PROMPT * 3

@@ -17,6 +17,7 @@ from gateway.backends.local.backend import LocalModelBackend
 from gateway.core.backend import CompletionPrompt, SamplingParams, TokenChunk
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import GatewayResources, RequestContext
+from loadtests.speculative_models import agreement
 from policies.loader import PolicyError
 from routers.speculative.config import SpeculativeStrategy
 from routers.speculative.strategy import Speculative
@@ -68,7 +69,10 @@ async def test_coder_pair_greedy_equals_the_target_alone(pair: tuple[LocalModelB
         out = [t async for e in spec.completion(CompletionPrompt(token_ids=ids), params,
                                                 RequestContext(record, spec.resources))
                if isinstance(e, TokenChunk) for t in e.token_ids]
-        assert out == reference
+        # Identical, or parted at a float tie: the target alone itself flips such ties with the
+        # KV pool's layout (docs/speculative.md, "Float ties").
+        same = await agreement(large.token_scorer(), ids, out, reference)  # type: ignore[arg-type]
+        assert same.identical or same.tie, same
         stats = record.extra["speculative"]
         if not adaptive:
             assert stats["acceptance_rate"] > 0.3  # a real draft model, not noise

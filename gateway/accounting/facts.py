@@ -78,19 +78,28 @@ def group_value(record: Mapping[str, Any], dimension: str) -> str:
 
 
 def request_contribution(record: Mapping[str, Any] | RequestRecord) -> Contribution:
-    """What a request adds to its route / model / key groups — the definition of each counter
-    at request level, shared by the stores (stored dicts) and the Prometheus metrics (records)."""
-    get: Any = record.get if isinstance(record, Mapping) else (lambda name: getattr(record, name, None))
+    """What a request adds to its route / model / key groups, from a stored record dict (the
+    stores) or a live record (the Prometheus metrics): one definition of each counter."""
+    if isinstance(record, RequestRecord):  # per request on the event loop: plain attributes
+        return _request_level(record.prompt_tokens, record.completion_tokens, record.cost_usd, record.savings_usd,
+                              record.escalated, record.status, record.latency_ms, record.ttft_ms)
+    get = record.get
+    return _request_level(get("prompt_tokens"), get("completion_tokens"), get("cost_usd"), get("savings_usd"),
+                          get("escalated"), get("status"), get("latency_ms"), get("ttft_ms"))
+
+
+def _request_level(prompt_tokens: Any, completion_tokens: Any, cost_usd: Any, savings_usd: Any, escalated: Any,
+                   status: Any, latency_ms: Any, ttft_ms: Any) -> Contribution:
     return Contribution(
         requests=1,
-        prompt_tokens=int(get("prompt_tokens") or 0),
-        completion_tokens=int(get("completion_tokens") or 0),
-        cost_usd=float(get("cost_usd") or 0.0),
-        savings_usd=float(get("savings_usd") or 0.0),
-        escalated=1 if get("escalated") else 0,
-        errors=0 if (get("status") or "ok") == "ok" else 1,
-        latency_ms=_optional_float(get("latency_ms")),
-        ttft_ms=_optional_float(get("ttft_ms")),
+        prompt_tokens=int(prompt_tokens or 0),
+        completion_tokens=int(completion_tokens or 0),
+        cost_usd=float(cost_usd or 0.0),
+        savings_usd=float(savings_usd or 0.0),
+        escalated=1 if escalated else 0,
+        errors=0 if (status or "ok") == "ok" else 1,
+        latency_ms=_optional_float(latency_ms),
+        ttft_ms=_optional_float(ttft_ms),
     )
 
 

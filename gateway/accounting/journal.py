@@ -16,8 +16,9 @@ committer task writes whatever lines are waiting in one ``write`` and fsyncs the
 thread; lines appended meanwhile go out together in the next round, so under load one fsync
 serves many requests and a request waits for at most about one fsync more than its own. A
 SIGKILL loses nothing that ``write`` handed to the kernel; the fsync is for power loss.
-``done`` lines are written with the next round and not waited for: losing one only means an
-idempotent duty is done again.
+``done`` lines are not waited for: they go out with the next durable round (or at the latest
+with :meth:`Journal.flush_done`, which the sweeper calls every second); losing one in a crash
+only means an idempotent duty is done again after the restart.
 
 **Replay.** :meth:`Journal.open` adopts orphan segments: their pending entries are copied into
 this process's segment (fsynced) and the orphan is deleted; they come back from :meth:`open`
@@ -158,7 +159,11 @@ class Journal:
         if not entry.duties:
             del self.entries[entry_id]
         self._buffer.append(orjson.dumps({"op": "done", "id": entry_id, "duty": duty}) + b"\n")
-        self._start_committer()
+
+    def flush_done(self) -> None:
+        """Write waiting acknowledgements now (no fsync)."""
+        if self._buffer:
+            self._start_committer()
 
     def pending(self, duty: str, older_than_s: float = 0.0) -> list[JournalEntry]:
         cutoff = time.monotonic() - older_than_s

@@ -77,6 +77,9 @@ class GatewayMetrics:
         ns, reg = namespace, self.registry
         rm = ("route", "model")
         # name -> (Prometheus counter, extra label names): one per counter that declares a metric.
+        # observe() fills the one extra label there is, status.
+        if any(c.labels not in ((), ("status",)) for c in COUNTER_FIELDS):
+            raise ValueError("accounting counters may add only the 'status' label to their metric")
         self.counters = {
             c.name: (Counter(c.metric, c.help, (*rm, *c.labels), namespace=ns, registry=reg), c.labels)
             for c in COUNTER_FIELDS if c.metric is not None
@@ -115,10 +118,12 @@ class GatewayMetrics:
 
     def observe(self, record: RequestRecord) -> None:
         route, model = self._route(record.route or "unrouted"), self._model(record.public_model)
-        extra = {"status": self._status(record.status)}
+        with_status = (route, model, self._status(record.status))
         counted = request_contribution(record)
         for name, (metric, labels) in self.counters.items():
-            metric.labels(route, model, *(extra[label] for label in labels)).inc(getattr(counted, name))
+            value = getattr(counted, name)
+            if value:  # a zero adds nothing; skipping it saves a label lookup per counter
+                metric.labels(*(with_status if labels else with_status[:2])).inc(value)
         self.latency.labels(route, model).observe(record.latency_ms / 1000)
         if record.ttft_ms is not None:
             self.ttft.labels(route, model).observe(record.ttft_ms / 1000)

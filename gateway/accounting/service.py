@@ -84,6 +84,7 @@ class AccountingService:
         self.stats = AccountingStats()
         self._queue: asyncio.Queue[RequestRecord | None] = asyncio.Queue(maxsize=queue_size)
         self._unflushed: dict[str, RequestRecord] = {}
+        self._dicts: dict[str, dict[str, Any]] = {}  # stored form of journaled records not yet written
         self._writer: asyncio.Task[None] | None = None
         self._spool_pending = False
         self._retry_delay = retry_initial_s
@@ -143,7 +144,8 @@ class AccountingService:
         self.stats.submitted += 1
         journaled = False
         if self.journal is not None and not self._closed:
-            await self.journal.append(record.request_id, record_to_dict(record), settle)
+            entry = await self.journal.append(record.request_id, record_to_dict(record), settle)
+            self._dicts[record.request_id] = entry.record  # the writer reuses it: one conversion
             journaled = True
         if self._closed or self._writer is None:
             self._spill(record)
@@ -202,10 +204,11 @@ class AccountingService:
                 await self._flush(batch)
             except Exception:  # the writer must survive anything a batch throws at it
                 logger.exception("accounting writer failed on a batch; spooling it")
-                self._spool_batch([record_to_dict(record) for record in batch])
+                self._spool_batch([self._as_dict(record) for record in batch])
             finally:
                 for record in batch:
                     self._unflushed.pop(record.request_id, None)
+                    self._dicts.pop(record.request_id, None)
         if self._spool_pending:
             self._next_retry_at = 0.0
             await self._try_replay()
@@ -215,7 +218,7 @@ class AccountingService:
             await self._try_replay()
         if not batch:
             return
-        records = [record_to_dict(record) for record in batch]
+        records = [self._as_dict(record) for record in batch]
         if self._spool_pending:  # older records wait in the spool: keep the order
             self._spool_batch(records)
             return
@@ -227,6 +230,10 @@ class AccountingService:
             self._next_retry_at = time.monotonic() + self._retry_delay
             return
         self._recorded(records)
+
+    def _as_dict(self, record: RequestRecord) -> dict[str, Any]:
+        journaled = self._dicts.get(record.request_id)
+        return journaled if journaled is not None else record_to_dict(record)
 
     def _spool_batch(self, records: list[dict[str, Any]]) -> None:
         self.stats.spooled += self.spool.append(records)  # fsynced: the spool now answers for them
@@ -250,11 +257,23 @@ class AccountingService:
                 progressed = False
             self._sweep_delay = self.sweep_interval_s if progressed else min(5.0, self._sweep_delay * 2)
 
+    async def _write_one_by_one(self, records: list[dict[str, Any]]) -> None:
+        for record in records:
+            try:
+                self.stats.written += await self.store.write_batch([record])
+            except StoreUnavailableError:
+                return
+            except Exception:
+                logger.exception("journal: record %s cannot be stored; dropped from the journal",
+                                 record.get("request_id"))
+            self._recorded([record])
+
     async def sweep(self, older_than_s: float = 2.0) -> bool:
         """Finish journaled work nobody else is doing; True unless a store refused."""
         journal = self.journal
         if journal is None:
             return True
+        journal.flush_done()  # acknowledgements wait for a round; write them at least this often
         await journal.adopt_orphans()  # a worker or replica on this data dir that died
         ok = True
         stale = journal.pending(RECORD, older_than_s)
@@ -265,6 +284,9 @@ class AccountingService:
             except StoreUnavailableError:
                 ok = False
                 break
+            except Exception:  # a record the store cannot take must not block every later one
+                await self._write_one_by_one([entry.record for entry in chunk])
+                continue
             self.stats.swept_records += len(chunk)
             self._recorded([entry.record for entry in chunk])
         if self._settler is None:

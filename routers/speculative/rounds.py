@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from routers.speculative.acceptance import draw, greedy_verdict, rejection_verdi
 from routers.speculative.controller import Controller
 from routers.speculative.drafters import Drafter
 from routers.speculative.generation import Generation, Round
-from routers.speculative.verifiers import RemoteVerifier, TargetRows, Verifier
+from routers.speculative.verifiers import TargetRows, Verifier
 
 
 def _pick(rows: TargetRows, generation: Generation, rng: np.random.Generator) -> int:
@@ -42,15 +43,23 @@ async def speculative_rounds(
         sequence = generation.sequence
         options = [(d.name, d.limit(sequence, controller.max_k)) for d in drafters]
         choice = controller.choose(options, remaining, generation.since_speculation)
-        if choice.drafter is None and isinstance(verifier, RemoteVerifier):
+        if choice.drafter is None and verifier.alone_mode == "text":
             async for step in _hand_off(generation, verifier, stop):
                 yield step
             return
+        if choice.drafter is None and verifier.alone_mode == "ids":
+            # Until the next probe: the target's own generation loop, one call for the stretch.
+            stretch = max(controller.settings.probe_interval - generation.since_speculation, 1)
+            async for step in _alone_stretch(generation, verifier, min(stretch, remaining), rng):
+                yield step
+                if step.finish:
+                    return
+            continue
         if choice.drafter is None:
             started = time.perf_counter()
             rows = await verifier.verify(sequence, [], decoding)
-            generation.account_alone(1, time.perf_counter() - started)
             step = generation.commit([_pick(rows, generation, rng)])
+            generation.account_alone(len(step.tokens), time.perf_counter() - started)
         else:
             drafter = by_name[choice.drafter]
             proposal = await drafter.propose(sequence, choice.k, decoding, rng)
@@ -74,7 +83,35 @@ async def speculative_rounds(
             return
 
 
-async def _hand_off(generation: Generation, verifier: RemoteVerifier, stop: tuple[str, ...]
+async def _alone_stretch(generation: Generation, verifier: Verifier, tokens: int, rng: np.random.Generator
+                         ) -> AsyncGenerator[Round, None]:
+    """Up to ``tokens`` tokens of the target's own generation, committed as they stream."""
+    started = time.perf_counter()
+    decoding = generation.decoding
+    if not decoding.greedy:  # the target samples with its own generator: seed it from ours
+        decoding = replace(decoding, seed=int(rng.integers(1 << 31)))
+    committed = 0
+    events = verifier.alone(generation.sequence, tokens, decoding, ())
+    try:
+        async for event in events:
+            if isinstance(event, TokenChunk) and event.token_ids:
+                step = generation.commit(event.token_ids)
+                committed += len(step.tokens)
+                if step.tokens or step.finish:
+                    yield step
+                if step.finish:
+                    break
+            elif isinstance(event, GenerationDone) and event.finish_reason != "length" and committed < tokens:
+                # The target ended its answer (EOS) within the stretch.
+                generation.account_alone(committed, time.perf_counter() - started, passes=committed + 1)
+                yield Round([], "stop")
+                return
+    finally:
+        await events.aclose()
+    generation.account_alone(committed, time.perf_counter() - started, passes=committed)
+
+
+async def _hand_off(generation: Generation, verifier: Verifier, stop: tuple[str, ...]
                     ) -> AsyncGenerator[Round, None]:
     """Speculation would not pay against this remote target: one streamed call for the rest of
     the answer (per-token verify calls would cost a round trip each)."""

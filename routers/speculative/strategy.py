@@ -250,7 +250,8 @@ class Speculative(Strategy[SpeculativeStrategy]):
 
     def _verifier(self, ctx: RequestContext) -> Verifier:
         if self._target_scorer is not None:
-            return LocalVerifier(self._target_scorer)
+            target = self._target()
+            return LocalVerifier(self._target_scorer, target if target.capabilities.token_ids else None)
         assert self._scorer is not None
         return RemoteVerifier(ctx, self.config.target, self._scorer.vocab_size, self.config.remote_top_logprobs)
 

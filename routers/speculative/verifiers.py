@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from gateway.core.backend import (
+    Backend,
     CompletionPrompt,
     GenerationDone,
     SamplingParams,
@@ -45,6 +46,17 @@ class TargetRows:
 
 
 class Verifier(ABC):
+    # How the target decodes alone (k = 0): "ids" — its own generation, streamed with token ids,
+    # a stretch at a time; "text" — its own generation for the rest of the answer (text only);
+    # "score" — one scorer row per token.
+    alone_mode: str = "score"
+
+    async def alone(self, sequence: Sequence[int], max_tokens: int, decoding: Decoding,
+                    stop: tuple[str, ...]) -> AsyncGenerator[TokenChunk | GenerationDone, None]:
+        """The target's own generation after ``sequence`` (``alone_mode`` "ids" / "text")."""
+        raise NotImplementedError
+        yield  # pragma: no cover
+
     @abstractmethod
     async def verify(self, sequence: Sequence[int], drafts: Sequence[int], decoding: Decoding,
                      *, purpose: str = "verify") -> TargetRows:
@@ -52,8 +64,22 @@ class Verifier(ABC):
 
 
 class LocalVerifier(Verifier):
-    def __init__(self, scorer: TokenScorer) -> None:
+    """``backend``: the target's backend when its generation streams token ids — decoding alone
+    through it runs the engine's own loop, faster than a scorer call per token."""
+
+    def __init__(self, scorer: TokenScorer, backend: Backend | None = None) -> None:
         self.scorer = scorer
+        self.backend = backend
+        self.alone_mode = "ids" if backend is not None else "score"
+
+    async def alone(self, sequence: Sequence[int], max_tokens: int, decoding: Decoding,
+                    stop: tuple[str, ...]) -> AsyncGenerator[TokenChunk | GenerationDone, None]:
+        assert self.backend is not None
+        params = SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
+                                seed=decoding.seed)
+        async for event in self.backend.stream_completion(CompletionPrompt(token_ids=list(sequence)), params):
+            if isinstance(event, TokenChunk | GenerationDone):
+                yield event
 
     async def verify(self, sequence: Sequence[int], drafts: Sequence[int], decoding: Decoding,
                      *, purpose: str = "verify") -> TargetRows:
@@ -64,6 +90,8 @@ class LocalVerifier(Verifier):
 
 
 class RemoteVerifier(Verifier):
+    alone_mode = "text"  # an HTTP stream carries text, not ids: the rest of the answer in one call
+
     def __init__(self, ctx: RequestContext, backend: str, vocab_size: int, top_k: int) -> None:
         self.ctx = ctx
         self.backend = backend
@@ -104,7 +132,7 @@ class RemoteVerifier(Verifier):
         return probs
 
     async def alone(self, sequence: Sequence[int], max_tokens: int, decoding: Decoding,
-                    stop: tuple[str, ...]) -> AsyncIterator[TokenChunk | GenerationDone]:
+                    stop: tuple[str, ...]) -> AsyncGenerator[TokenChunk | GenerationDone, None]:
         """The rest of the answer from the target alone, streamed (recorded as an ``answer`` call)."""
         params = SamplingParams(max_tokens=max_tokens, temperature=decoding.temperature, top_p=decoding.top_p,
                                 seed=decoding.seed, stop=stop)

@@ -40,7 +40,7 @@ class ChatTemplate:
 
     def render(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         context: dict[str, Any] = {
-            "messages": [m.model_dump() for m in messages],
+            "messages": [m.template_dict() for m in messages],
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self._bos,
             "eos_token": self._eos,

@@ -76,7 +76,7 @@ class TransformersEngine(Engine):
 
     def render_chat(self, messages: Sequence[ChatMessage]) -> str:
         text: str = self.tokenizer.apply_chat_template(
-            [m.model_dump() for m in messages], tokenize=False, add_generation_prompt=True
+            [m.template_dict() for m in messages], tokenize=False, add_generation_prompt=True
         )
         return text
 
