@@ -238,7 +238,8 @@ def test_rendered_gateway_container_serves_probes_and_drains(chart: Any, tmp_pat
             time.sleep(1)
         assert httpx.get(base + gateway["livenessProbe"]["httpGet"]["path"]).status_code == 200
         assert httpx.get(base + gateway["startupProbe"]["httpGet"]["path"]).status_code == 200
-        metrics = httpx.get(base + "/metrics")
+        assert httpx.get(base + "/metrics").status_code == 401  # admin-only with auth on (docs/reliability.md)
+        metrics = httpx.get(base + "/metrics", headers={"Authorization": f"Bearer {admin_key}"})
         assert metrics.status_code == 200 and metrics.text.startswith("#")
         assert httpx.get(base + "/v1/models").status_code == 401
         models = httpx.get(base + "/v1/models", headers={"Authorization": f"Bearer {admin_key}"})

@@ -19,6 +19,7 @@ from gateway.core.backend import (
     ChatMessage,
     CompletionPrompt,
     Detokenizer,
+    GenerationDone,
     GenerationEvent,
     NextTokenScores,
     SamplingParams,
@@ -116,9 +117,13 @@ class ScriptedScorer(TokenScorer):
 
 
 class ScriptedBackend(Backend):
-    def __init__(self, name: str, scorer: TokenScorer | None) -> None:
+    """``streams``: the backend's own generation streams token ids (greedy, from the scorer's model)."""
+
+    def __init__(self, name: str, scorer: TokenScorer | None, streams: bool = False) -> None:
         super().__init__(name)
         self.scorer = scorer
+        self.streams = streams
+        self.stream_calls = 0
 
     @property
     def model_name(self) -> str:
@@ -126,7 +131,7 @@ class ScriptedBackend(Backend):
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(local=True, token_scoring=self.scorer is not None)
+        return BackendCapabilities(local=True, token_scoring=self.scorer is not None, token_ids=self.streams)
 
     def token_scorer(self) -> TokenScorer | None:
         return self.scorer
@@ -141,8 +146,14 @@ class ScriptedBackend(Backend):
 
     async def stream_completion(self, prompt: CompletionPrompt, params: SamplingParams
                                 ) -> AsyncIterator[GenerationEvent]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+        assert self.streams and isinstance(self.scorer, ScriptedScorer) and prompt.token_ids is not None
+        self.stream_calls += 1
+        tokens = self.scorer.model.greedy(list(prompt.token_ids), params.max_tokens or 16)
+        for token in tokens:
+            await asyncio.sleep(self.scorer.step_seconds)
+            yield TokenChunk(text="x", token_ids=(token,))
+        finish = "length" if len(tokens) == params.max_tokens else "stop"
+        yield GenerationDone(finish, len(prompt.token_ids), len(tokens), self.model_name)
 
 
 TARGET = ScriptedModel(vocab=12, seed=1)
@@ -151,8 +162,8 @@ PROMPT = [3, 5, 7, 9, 3, 5, 2, 4]
 
 
 def strategy(draft: Any, *, target_scorer: TokenScorer | None = None, draft_scorer: TokenScorer | None = None,
-             **config: Any) -> Speculative:
-    backends = {"target": ScriptedBackend("target", target_scorer or ScriptedScorer(TARGET)),
+             streams: bool = False, **config: Any) -> Speculative:
+    backends = {"target": ScriptedBackend("target", target_scorer or ScriptedScorer(TARGET), streams),
                 "draft": ScriptedBackend("draft", draft_scorer or ScriptedScorer(DRAFT))}
     prices = {"target": Price(input_per_1m=1.0, output_per_1m=2.0), "draft": Price(input_per_1m=0.5, output_per_1m=0.5)}
     spec = SpeculativeStrategy(type="speculative", target="target", draft=draft, **config)
@@ -322,11 +333,13 @@ def test_expected_tokens_and_interpolated_costs() -> None:
     assert costs.c(0) == 1.0 and costs.c(3) == pytest.approx(2.5) and costs.c(6) == pytest.approx(4.0)
 
 
-async def test_adaptive_strategy_decodes_alone_on_a_compute_bound_target() -> None:
-    # Scripted costs: every new token is a full step for target and draft alike.
-    target = ScriptedScorer(TARGET, step_seconds=0.002, row_cost=1.0)
-    draft = ScriptedScorer(DRAFT, step_seconds=0.002, row_cost=1.0)
-    spec = strategy({"backend": "draft"}, target_scorer=target, draft_scorer=draft,
+@pytest.mark.parametrize("streams", [False, True])
+async def test_adaptive_strategy_decodes_alone_on_a_compute_bound_target(streams: bool) -> None:
+    # Scripted costs: every new token is a full step for target and draft alike. With
+    # ``streams`` the target decodes alone through its own generation, a stretch per call.
+    target = ScriptedScorer(TARGET, step_seconds=0.005, row_cost=1.0)
+    draft = ScriptedScorer(DRAFT, step_seconds=0.005, row_cost=1.0)
+    spec = strategy({"backend": "draft"}, target_scorer=target, draft_scorer=draft, streams=streams,
                     adaptive={"probe_interval": 16, "calibration_repeats": 1})
     await spec.start()
     out, record = await complete(spec, PROMPT, 40)
@@ -334,6 +347,8 @@ async def test_adaptive_strategy_decodes_alone_on_a_compute_bound_target() -> No
     stats = record.extra["speculative"]
     assert stats["costs"]["verify_cost"]["4"] > 3.0  # measured, not assumed
     assert stats["alone_tokens"] >= 30 and stats["rounds"] <= 3  # probes only
+    calls = spec.resources.backends["target"].stream_calls  # type: ignore[attr-defined]
+    assert (calls >= 2) if streams else (calls == 0)  # one call per stretch between probes
 
 
 async def test_adaptive_strategy_speculates_on_a_memory_bound_target() -> None:

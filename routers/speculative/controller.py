@@ -98,6 +98,9 @@ class Choice:
     k: int
     expected_speedup: float
     probe: bool = False
+    # k = 0 because speculation would lose (the target may decode alone for a stretch), rather
+    # than because no drafter can propose right now (then one step, and look again).
+    loses: bool = False
 
 
 class Controller:
@@ -122,21 +125,25 @@ class Controller:
         tokens still allowed (a round yields up to k + 1, so more than remaining - 1 drafts is waste)."""
         cap = min(self.max_k, remaining - 1)
         available = [(name, min(limit, cap)) for name, limit in options if min(limit, cap) > 0]
-        if not available:
-            return Choice(None, 0, 1.0)
         if self.fixed_k is not None:
+            if not available:
+                return Choice(None, 0, 1.0)
             name, limit = available[0]
             k = min(self.fixed_k, limit)
             return Choice(name, k, self._speedup(name, k))
         costs = self.costs
         assert costs is not None, "calibrate before choosing"
+        if not available:
+            # Would any drafter pay if it could propose its most? If not, speculation loses here.
+            best = max((costs.best(name, self.alpha(name), max(cap, 1))[1] for name, _ in options), default=1.0)
+            return Choice(None, 0, 1.0, loses=best < self.settings.margin)
         scored = [(name, *costs.best(name, self.alpha(name), limit)) for name, limit in available]
         name, k, value = max(scored, key=lambda item: item[2])
         if value >= self.settings.margin:
             return Choice(name, k, value)
         if since_speculation >= self.settings.probe_interval:
             return Choice(name, k, value, probe=True)
-        return Choice(None, 0, 1.0)
+        return Choice(None, 0, 1.0, loses=True)
 
     def _speedup(self, drafter: str, k: int) -> float:
         return self.costs.speedup(drafter, self.alpha(drafter), k) if self.costs else 1.0

@@ -43,11 +43,11 @@ async def speculative_rounds(
         sequence = generation.sequence
         options = [(d.name, d.limit(sequence, controller.max_k)) for d in drafters]
         choice = controller.choose(options, remaining, generation.since_speculation)
-        if choice.drafter is None and verifier.alone_mode == "text":
+        if choice.drafter is None and choice.loses and verifier.alone_mode == "text":
             async for step in _hand_off(generation, verifier, stop):
                 yield step
             return
-        if choice.drafter is None and verifier.alone_mode == "ids":
+        if choice.drafter is None and choice.loses and verifier.alone_mode == "ids":
             # Until the next probe: the target's own generation loop, one call for the stretch.
             stretch = max(controller.settings.probe_interval - generation.since_speculation, 1)
             async for step in _alone_stretch(generation, verifier, min(stretch, remaining), rng):
