@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -24,6 +25,10 @@ from gateway.routes import build_router
 from gateway.runtime import PolicyRuntime
 from gateway.settings import GatewaySettings
 from gateway.state import AccountingSink, GatewayState, MetricsSink
+from gateway.telemetry.settings import TracingSettings
+
+if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from gateway.telemetry.export import Tracer
 from policies.loader import load_policy
 
 logger = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ def build_app(
 ) -> FastAPI:
     settings = settings or GatewaySettings.from_env()
     policy = load_policy(settings.policy_path)  # fail fast, before the server binds
+    tracing = TracingSettings.from_env()  # off (OTEL_EXPORTER_OTLP_ENDPOINT unset): no SDK import, no middleware
+    tracer: Tracer | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -59,6 +66,10 @@ def build_app(
         sink = accounting or _default_accounting(settings, policy.gateway.record_stream_maxlen)
         await sink.start()
         state = GatewayState(settings=settings, runtime=runtime, accounting=sink, metrics=metrics or _default_metrics())
+        if tracer is not None:
+            from gateway.telemetry.export import TracingMetrics
+
+            state.metrics = TracingMetrics(state.metrics, tracer)  # every finished record reaches the tracer
         start_keys(state)
         app.state.gateway = state
         _install_accounting_routes(app, sink)
@@ -78,6 +89,8 @@ def build_app(
             if state.response_store is not None:
                 await state.response_store.close()
             await sink.close()
+            if tracer is not None:
+                tracer.shutdown()  # flush the spans still batched
             unscrub()
 
     app = FastAPI(title="slm-gateway", version="0.1.0", lifespan=lifespan,
@@ -86,6 +99,10 @@ def build_app(
     app.include_router(build_router())
     app.include_router(build_keys_router())
     install_middleware(app, policy.gateway.max_body_bytes)
+    if tracing.enabled:
+        from gateway.telemetry.export import install_tracing
+
+        tracer = install_tracing(app, tracing)  # added last: outermost, so the span covers everything
     return app
 
 
@@ -96,7 +113,10 @@ def _install_accounting_routes(app: FastAPI, sink: AccountingSink) -> None:
         return
     if getattr(app.state, "accounting_routes", False):
         return
+    from gateway.dashboard.routes import build_dashboard_router
+
     app.include_router(build_accounting_router(sink))  # type: ignore[arg-type]
+    app.include_router(build_dashboard_router(sink))  # type: ignore[arg-type]  # reads the same store
     app.state.accounting_routes = True
 
 

@@ -31,6 +31,7 @@ USAGE_DETAILS = {"prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0
                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}
 REFUSAL = "I can't help with that."
+MAX_DIMENSIONS = 3072  # text-embedding-3-large's; more is a 400, as upstream
 
 
 @dataclass
@@ -171,6 +172,8 @@ def embeddings_response(body: dict[str, Any]) -> dict[str, Any]:
     if items and isinstance(items[0], int):
         items = [items]
     dimensions = int(body.get("dimensions") or 8)
+    if not 1 <= dimensions <= MAX_DIMENSIONS:
+        raise ValueError(f"dimensions must be within [1, {MAX_DIMENSIONS}]")
     data = [{"object": "embedding", "index": i, "embedding": fake_embedding(str(item), dimensions)}
             for i, item in enumerate(items)]
     tokens = sum(len(item.split()) if isinstance(item, str) else len(item) for item in items)

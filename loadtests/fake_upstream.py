@@ -119,7 +119,10 @@ class FakeUpstream:
             await _respond(send, cfg.error_status, injected)
             return
         if kind == "embeddings":
-            await _respond(send, 200, orjson.dumps(embeddings_response(body)))
+            try:
+                await _respond(send, 200, orjson.dumps(embeddings_response(body)))
+            except (ValueError, TypeError) as exc:
+                await _respond(send, 400, error_body(400, str(exc), "invalid_request_error"))
             return
         prefix = "chatcmpl" if kind == "chat" else "cmpl"
         plan = agent_plan(body) if kind == "chat" and (body.get("tools") or body.get("response_format")

@@ -42,6 +42,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "external-redis": {"redis": {"enabled": False, "url": "redis://redis.example.internal:6379/0"}},
     "hpa": {"autoscaling": {"enabled": True, "targetMemoryUtilizationPercentage": 80}},
     "servicemonitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "grafana": {"grafanaDashboard": {"enabled": True, "folder": "LLM"}},
     "secrets": {
         "secrets": {"existingSecret": "gateway-keys"},
         "redis": {"enabled": False, "existingSecret": "redis-credentials"},

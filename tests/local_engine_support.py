@@ -87,7 +87,8 @@ def llamacpp_prompt_logprobs(ids: list[int], model: str = "smollm2") -> list[flo
     path = resolve_source(model).gguf_path
     assert path is not None
     loaded = Model(path)
-    context = Context(loaded, ContextOptions(n_ctx=max(256, len(ids)), n_batch=len(ids), n_seq_max=1, n_threads=1))
+    context = Context(loaded, ContextOptions(n_ctx=max(256, len(ids)), n_batch=len(ids), n_outputs=len(ids),
+                                                   n_seq_max=1, n_threads=1))
     try:
         context.decode(ids, list(range(len(ids))), [0] * len(ids), [True] * len(ids))
         return [float(log_softmax(context.logits(i - 1))[ids[i]]) for i in range(1, len(ids))]

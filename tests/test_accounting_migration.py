@@ -82,7 +82,8 @@ def test_a_file_from_before_the_version_table_opens_and_is_versioned(tmp_path: P
     old_file(path, SCHEMA_BEFORE_VERSIONS, int(now // 60))
     totals = asyncio.run(open_write_read(path, now))
     assert totals == {"requests": 2, "prompt_tokens": 13, "completion_tokens": 7, "cost_usd": 1.5,
-                      "savings_usd": 2.25, "escalated": 2, "errors": 2}
+                      "savings_usd": 2.25, "escalated": 2, "errors": 2, "draft_tokens": 0, "accepted_tokens": 0,
+                      "speculative_tokens": 0, "target_passes": 0}
     columns, versions = columns_and_version(path)
     assert set(COUNTER_NAMES) <= set(columns) and versions == [SCHEMA_VERSION]
 
@@ -96,7 +97,10 @@ def test_missing_counter_columns_are_added_and_old_rows_count_zero(tmp_path: Pat
     assert totals["savings_usd"] == 2.0 and totals["errors"] == 1
     assert totals["requests"] == 2 and totals["prompt_tokens"] == 13 and totals["escalated"] == 2
     columns, versions = columns_and_version(path)
-    assert columns[-2:] == ["savings_usd", "errors"]  # appended: inserts name their columns
+    # Appended in declaration order (inserts name their columns): the two this old file lacked,
+    # then the speculative counters, which no version-1 file had.
+    assert columns[-6:] == ["savings_usd", "errors", "draft_tokens", "accepted_tokens", "speculative_tokens",
+                            "target_passes"]
     assert versions == [SCHEMA_VERSION]
 
 

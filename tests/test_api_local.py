@@ -97,7 +97,7 @@ def test_retrieve_model(local: tuple[OpenAI, InProcessGateway]) -> None:
 
 
 def test_embeddings_from_minilm(local: tuple[OpenAI, InProcessGateway]) -> None:
-    client, gateway = local
+    client, _ = local
     result = client.embeddings.create(model="slm-embed", input=["A cat sits on the mat.", "A kitten rests on a rug.",
                                                                  "Quarterly tax filing deadlines."])
     vectors = np.array([d.embedding for d in result.data])

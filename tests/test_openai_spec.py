@@ -41,16 +41,33 @@ def _narrow_model(node: Any, schemas: dict[str, Any], names: list[str], seen: se
         return
     ref = node.get("$ref")
     if isinstance(ref, str):
+        # A private copy of the part the request composes (ResponseProperties is a response's too).
         name = ref.rsplit("/", 1)[-1]
-        if name not in seen:
-            seen.add(name)
-            _narrow_model(schemas[name], schemas, names, seen)
+        private = f"{name}__request"
+        if private not in seen:
+            seen.add(private)
+            schemas[private] = copy.deepcopy(schemas[name])
+            _narrow_model(schemas[private], schemas, names, seen)
+        node["$ref"] = f"#/components/schemas/{private}"
         return
     if "model" in (node.get("properties") or {}):
         node["properties"]["model"] = {"type": "string", "enum": names}
     for key in ("allOf", "anyOf", "oneOf"):
         for part in node.get(key) or []:
             _narrow_model(part, schemas, names, seen)
+
+
+def _events_as_items(operation: dict[str, Any]) -> None:
+    """Deviation (docs/api.md): the document's ``text/event-stream`` schema describes each event's
+    JSON ``data``, OpenAPI 3.1 style; schemathesis reads it as OpenAPI 3.2 does (the schema of
+    the event object itself). Restated as 3.2's ``itemSchema`` with the same payload schema, and
+    OpenAI's own ``[DONE]`` sentinel allowed as the last data."""
+    for response in (operation.get("responses") or {}).values():
+        media = (response.get("content") or {}).get("text/event-stream")
+        if isinstance(media, dict) and "schema" in media:
+            payload = media.pop("schema")
+            media["itemSchema"] = {"type": "object", "properties": {"data": {"anyOf": [
+                {"const": "[DONE]"}, {"contentMediaType": "application/json", "contentSchema": payload}]}}}
 
 
 def narrowed_document() -> dict[str, Any]:
@@ -67,6 +84,9 @@ def narrowed_document() -> dict[str, Any]:
     # answers encoding_format=base64 with a string; the gateway does the same.
     embedding = schemas["Embedding"]["properties"]["embedding"]
     schemas["Embedding"]["properties"]["embedding"] = {"anyOf": [embedding, {"type": "string"}]}
+    for path in document["paths"].values():
+        for operation in path.values():
+            _events_as_items(operation)
     for parameter in document["paths"]["/models/{model}"]["get"]["parameters"]:
         if parameter.get("name") == "model":
             parameter["schema"] = {"type": "string", "enum": CHAT_MODELS + EMBED_MODELS + ["missing-model"]}

@@ -128,7 +128,8 @@ def vllm_policy(vllm_url: str, *, speculative: bool = False) -> dict[str, Any]:
         },
     }
     if speculative:
-        policy["backends"]["draft"] = {"type": "local", "model": "smollm2", "num_layers": 8, "max_batch_size": 1}
+        policy["backends"]["draft"] = {"type": "local", "model": "smollm2", "engine": "transformers",
+                                      "num_layers": 8, "max_batch_size": 1}
         policy["models"]["spec-vllm"] = {"type": "speculative", "target": "slm", "draft": {"backend": "draft"},
                                          "mode": "verify", "k": 4}
     return policy

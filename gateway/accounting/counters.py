@@ -47,6 +47,14 @@ class Counters:
     escalated: int = counter(0, "Escalated requests", metric="escalations", usage=False)
     # requests_total{status} already counts failures by kind.
     errors: int = counter(0, "Failed requests", usage=False)
+    # Speculative decoding (record.extra["speculative"]): acceptance = accepted / drafted, tokens
+    # per target pass = emitted / target passes — summed so that both are exact over any window.
+    draft_tokens: int = counter(0, "Speculative draft tokens proposed", metric="speculative_draft_tokens")
+    accepted_tokens: int = counter(0, "Speculative draft tokens accepted", metric="speculative_accepted_tokens")
+    speculative_tokens: int = counter(0, "Tokens emitted by speculative decoding",
+                                      metric="speculative_emitted_tokens")
+    target_passes: int = counter(0, "Speculative target passes (forward passes or calls)",
+                                 metric="speculative_target_passes")
 
 
 @dataclass(frozen=True, slots=True)

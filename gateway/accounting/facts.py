@@ -3,8 +3,9 @@
 Both stores call :func:`contributions` on the same record dict, so ``/v1/gateway/usage``
 means the same thing whichever store answers it:
 
-* ``route`` / ``model`` / ``key``: one contribution per request, with the request's answer
-  tokens, total cost (all calls), savings, latency and TTFT.
+* ``route`` / ``model`` / ``key`` / ``status``: one contribution per request, with the request's
+  answer tokens, total cost (all calls), savings, latency and TTFT (``status``: ``ok`` or the
+  error kind, so errors by kind come from the same aggregates).
 * ``backend``: one contribution per backend the request called: that backend's calls' tokens
   and cost (used or not: they were billed), the time spent in it (sum of its calls' latencies)
   and its first call's TTFT. The request's savings go to the backend that produced the answer
@@ -20,7 +21,7 @@ from typing import Any
 from gateway.accounting.counters import Counters
 from gateway.core.record import CallRecord, RequestRecord
 
-DIMENSIONS = ("route", "model", "backend", "key")
+DIMENSIONS = ("route", "model", "backend", "key", "status")
 ANONYMOUS_KEY = "anonymous"
 # Never persisted, whatever a backend or strategy put into ``extra`` (defence in depth: keys
 # are not supposed to reach a record at all).
@@ -74,6 +75,8 @@ def group_value(record: Mapping[str, Any], dimension: str) -> str:
         return str(record.get("public_model") or "unknown")
     if dimension == "key":
         return str(record.get("key_id") or ANONYMOUS_KEY)
+    if dimension == "status":
+        return str(record.get("status") or "ok")
     raise ValueError(f"no single group value for dimension {dimension!r}")
 
 
@@ -81,11 +84,21 @@ def request_contribution(record: Mapping[str, Any] | RequestRecord) -> Contribut
     """What a request adds to its route / model / key groups, from a stored record dict (the
     stores) or a live record (the Prometheus metrics): one definition of each counter."""
     if isinstance(record, RequestRecord):  # per request on the event loop: plain attributes
-        return _request_level(record.prompt_tokens, record.completion_tokens, record.cost_usd, record.savings_usd,
-                              record.escalated, record.status, record.latency_ms, record.ttft_ms)
-    get = record.get
-    return _request_level(get("prompt_tokens"), get("completion_tokens"), get("cost_usd"), get("savings_usd"),
-                          get("escalated"), get("status"), get("latency_ms"), get("ttft_ms"))
+        counted = _request_level(record.prompt_tokens, record.completion_tokens, record.cost_usd,
+                                 record.savings_usd, record.escalated, record.status, record.latency_ms, record.ttft_ms)
+        extra: Any = record.extra
+    else:
+        get = record.get
+        counted = _request_level(get("prompt_tokens"), get("completion_tokens"), get("cost_usd"), get("savings_usd"),
+                                 get("escalated"), get("status"), get("latency_ms"), get("ttft_ms"))
+        extra = get("extra")
+    speculative = extra.get("speculative") if extra else None
+    if isinstance(speculative, dict):  # only speculative routes pay for this
+        counted.draft_tokens = int(speculative.get("drafted") or 0)
+        counted.accepted_tokens = int(speculative.get("accepted") or 0)
+        counted.speculative_tokens = int(speculative.get("emitted") or 0)
+        counted.target_passes = int(speculative.get("target_passes") or speculative.get("target_calls") or 0)
+    return counted
 
 
 def _request_level(prompt_tokens: Any, completion_tokens: Any, cost_usd: Any, savings_usd: Any, escalated: Any,
@@ -107,7 +120,7 @@ def contributions(record: Mapping[str, Any]) -> dict[str, dict[str, Contribution
     """``{dimension: {group: Contribution}}`` for one stored record dict."""
     request_level = request_contribution(record)
     result: dict[str, dict[str, Contribution]] = {
-        dimension: {group_value(record, dimension): request_level} for dimension in ("route", "model", "key")
+        dimension: {group_value(record, dimension): request_level} for dimension in ("route", "model", "key", "status")
     }
     result["backend"] = _backend_contributions(
         record, request_level.escalated, request_level.errors, request_level.savings_usd)

@@ -156,6 +156,14 @@ class RedisRecordStore:
         record: dict[str, Any] = orjson.loads(fields["record"])
         return record
 
+    async def recent_records(self, limit: int) -> list[dict[str, Any]]:
+        """The stream's last entries: appended in write order, which is submission order."""
+        try:
+            rows = await self._client.xrevrange(self.stream_key, "+", "-", count=limit)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailableError(f"redis read failed: {type(exc).__name__}") from exc
+        return [orjson.loads(fields["record"]) for _entry, fields in rows or [] if fields and "record" in fields]
+
     async def count_records(self) -> int:
         """Entries in the stream (tests and the outage check)."""
         return int(await self._client.xlen(self.stream_key))

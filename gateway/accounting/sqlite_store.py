@@ -131,6 +131,14 @@ class SQLiteRecordStore:
 
         return await self._run(read)
 
+    async def recent_records(self, limit: int) -> list[dict[str, Any]]:
+        query = "SELECT data FROM records ORDER BY created_at DESC LIMIT ?"  # index records_by_time
+
+        def read(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+            return [dict(orjson.loads(row[0])) for row in connection.execute(query, (limit,)).fetchall()]
+
+        return await self._run(read)
+
     async def count_records(self) -> int:
         query = "SELECT COUNT(*) FROM records"
         return await self._run(lambda connection: int(connection.execute(query).fetchone()[0]))

@@ -68,7 +68,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     chat = _chat_request(chat_body(body, history))
     conversation = history + input_messages(body.input)
     run = await open_chat(chat, request, endpoint="responses")
-    shape = ResponseShape(body, new_id("resp"), now())
+    shape = ResponseShape(body, _item_id("resp"), now())
     if body.stream:
         first = await first_event(run.events, run.scope)
         usage = StreamUsage()
@@ -100,6 +100,10 @@ async def _remember(state: GatewayState, shape: ResponseShape, payload: dict[str
     await _guarded(_store(state).save(shape.response_id, entry))
 
 
+def _item_id(prefix: str) -> str:
+    return new_id(prefix).replace("-", "_", 1)  # OpenAI's shape: resp_..., msg_...
+
+
 class ResponseShape:
     """The Response object of one request, and its output items."""
 
@@ -107,7 +111,7 @@ class ResponseShape:
         self.request = request
         self.response_id = response_id
         self.created = created
-        self.message_id = new_id("msg")
+        self.message_id = _item_id("msg")
 
     def response(self, done: AnswerDone | None, output: list[dict[str, Any]]) -> dict[str, Any]:
         req = self.request
@@ -126,11 +130,14 @@ class ResponseShape:
             "text": {"format": (req.text or {}).get("format") or {"type": "text"}},
             "tool_choice": req.tool_choice or "auto", "tools": req.tools or [],
             "top_p": 1.0 if req.top_p is None else req.top_p, "truncation": req.truncation or "disabled",
-            "metadata": req.metadata or {}, "user": req.user,
+            "metadata": req.metadata or {},
         }
+        if req.user is not None:
+            body["user"] = req.user
         if done is not None:
             body["usage"] = {
-                "input_tokens": done.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+                "input_tokens": done.prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
                 "output_tokens": done.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": done.prompt_tokens + done.completion_tokens,
             }

@@ -10,6 +10,7 @@ Error responses produced from here on carry the request id (:meth:`RequestScope.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,7 @@ class RequestScope:
         )
         self.ctx = RequestContext(self.record, strategy.resources, ticket.meter if ticket is not None else None)
         self._finished = False
+        self._handover: asyncio.Future[None] | None = None  # referenced until done (finish)
 
     @property
     def request_id(self) -> str:
@@ -97,6 +99,12 @@ class RequestScope:
             return
         self._finished = True
         self.settle(usage)
+        # Its own task, shielded: a client that goes away (Starlette cancels the response's task)
+        # must not interrupt the hand-over half way; the caller still sees its cancellation.
+        self._handover = asyncio.ensure_future(self._hand_over())
+        await asyncio.shield(self._handover)
+
+    async def _hand_over(self) -> None:
         # The real cost replaces the reservation: errors and cut streams included.
         settlement = self.ticket.settlement(self.record) if self.ticket is not None else None
         accounting = self.state.accounting

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from gateway.core.config import StrategyBase, StrictModel, anchored_path
 
 ScorerName = Literal["mean_logprob", "min_logprob", "quantile_logprob", "neg_entropy", "mean_margin",
-                     "first_token_margin"]
+                     "first_token_margin", "code_mean_logprob", "code_quantile_logprob", "code_confident_share"]
 
 
 class Calibration(StrictModel):
@@ -40,12 +40,17 @@ class EarlyExit(StrictModel):
 
 
 class CascadeTier(StrictModel):
+    # The last tier may be another public model, written ``model:NAME`` (e.g. a speculative
+    # model: escalated requests are answered by the large model with the small one drafting).
     backend: str
     scorer: ScorerName = "mean_logprob"
     threshold: float | None = Field(None, description="Escalate when the (calibrated) score is below it.")
     calibration: Calibration | None = None
     max_tokens: int | None = Field(None, ge=1, description="Cap on this tier's attempt.")
     early_exit: EarlyExit | None = None
+    structural: Literal["python"] | None = Field(
+        None, description="python: an answer whose code does not parse, or does not define the function the "
+                          "request's code defines last, escalates whatever its score (routers/cascade/code.py).")
 
 
 class RouterStage(StrictModel):
@@ -80,7 +85,11 @@ class CascadeStrategy(StrategyBase):
 
     @model_validator(mode="after")
     def _thresholds(self) -> CascadeStrategy:
+        if self.mode == "handoff" and self.tiers[-1].backend.startswith("model:"):
+            raise ValueError("handoff continues a prefix on a backend: the last tier cannot be a model:NAME")
         for index, tier in enumerate(self.tiers[:-1]):
+            if tier.backend.startswith("model:"):
+                raise ValueError(f"tiers[{index}]: only the last tier may be a model (its answer is not scored)")
             if tier.threshold is None:
                 raise ValueError(f"tiers[{index}] needs a threshold (only the last tier has none)")
             if self.mode == "handoff" and tier.early_exit is None:
@@ -88,7 +97,10 @@ class CascadeStrategy(StrategyBase):
         return self
 
     def referenced_backends(self) -> list[str]:
-        return [tier.backend for tier in self.tiers]
+        return [tier.backend for tier in self.tiers if not tier.backend.startswith("model:")]
+
+    def referenced_models(self) -> list[str]:
+        return [tier.backend.removeprefix("model:") for tier in self.tiers if tier.backend.startswith("model:")]
 
     def anchored(self, base: Path) -> Self:
         if self.router is None:

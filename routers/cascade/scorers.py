@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from gateway.core.backend import TokenLogprob
+from routers.cascade.code import code_tokens
 
 Scorer = Callable[[Sequence[TokenLogprob]], float]
 EMPTY_SCORE = -math.inf  # an answer with no tokens carries no evidence of confidence
@@ -80,6 +81,30 @@ def first_token_margin(tokens: Sequence[TokenLogprob]) -> float:
     return _margin(first)
 
 
+LOW_MARGIN = 0.3  # a code token chosen by less than this top-1/top-2 probability gap was a near tie
+
+
+def code_mean_logprob(tokens: Sequence[TokenLogprob]) -> float:
+    """``mean_logprob`` over the answer's code block only: the Markdown fences and any prose
+    around the code are near-certain tokens that would dilute the body's uncertainty."""
+    return mean_logprob(code_tokens(tokens))
+
+
+def code_quantile_logprob(tokens: Sequence[TokenLogprob]) -> float:
+    """``quantile_logprob`` (10 %) over the code block: the body's weak steps, not one outlier."""
+    return quantile_logprob(code_tokens(tokens))
+
+
+def code_confident_share(tokens: Sequence[TokenLogprob]) -> float:
+    """One minus the share of code tokens chosen with a top-1/top-2 margin below ``LOW_MARGIN``:
+    code is mostly forced tokens (syntax, names already in the prompt); the near ties are where
+    the model decided the logic."""
+    inside = code_tokens(tokens)
+    if not inside:
+        return EMPTY_SCORE
+    return 1.0 - sum(_margin(t) < LOW_MARGIN for t in inside) / len(inside)
+
+
 SCORERS: dict[str, Scorer] = {
     "mean_logprob": mean_logprob,
     "min_logprob": min_logprob,
@@ -87,4 +112,7 @@ SCORERS: dict[str, Scorer] = {
     "neg_entropy": neg_entropy,
     "mean_margin": mean_margin,
     "first_token_margin": first_token_margin,
+    "code_mean_logprob": code_mean_logprob,
+    "code_quantile_logprob": code_quantile_logprob,
+    "code_confident_share": code_confident_share,
 }

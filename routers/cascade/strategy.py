@@ -18,11 +18,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from gateway.core.backend import CompletionPrompt, GenerationDone, SamplingParams, TokenChunk, TokenLogprob
+from gateway.core.backend import (
+    CompletionPrompt,
+    GenerationDone,
+    SamplingParams,
+    TokenChunk,
+    TokenLogprob,
+    unsupported_parameter,
+)
 from gateway.core.errors import UpstreamUnavailableError
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from policies.loader import PolicyError
 from routers.cascade.calibration import apply_calibration
+from routers.cascade.code import request_structure
 from routers.cascade.config import CascadeStrategy, CascadeTier
 from routers.cascade.monitor import RunningCheck
 from routers.cascade.prerouter import PreRouter, Shortcut
@@ -55,7 +63,10 @@ class Cascade(Strategy[CascadeStrategy]):
     def ready(self) -> bool:
         if self.prerouter is not None and not self.prerouter.loaded:
             return False
-        return all(self.resources.backend(t.backend).ready for t in self.config.tiers)
+        backends = self.config.referenced_backends()
+        models = self.config.referenced_models()
+        return all(self.resources.backend(b).ready for b in backends) and \
+            all(self.resources.strategies[m].ready() for m in models)
 
     def _attempt_params(self, request: ChatRequestView, tier: CascadeTier, used_tokens: int = 0) -> SamplingParams:
         params = request.params
@@ -70,6 +81,17 @@ class Cascade(Strategy[CascadeStrategy]):
     def _score(self, tier: CascadeTier, logprobs: list[TokenLogprob]) -> float:
         return apply_calibration(tier.calibration, SCORERS[tier.scorer](logprobs))
 
+    @staticmethod
+    def _well_formed(tier: CascadeTier, request: ChatRequestView, chunks: list[TokenChunk],
+                     ctx: RequestContext) -> bool:
+        """The tier's structural check (code answers): a failure escalates whatever the score."""
+        if tier.structural is None:
+            return True
+        structure = request_structure(request.last_user_text(), "".join(c.text for c in chunks))
+        if not structure.ok:
+            ctx.record.extra.setdefault("structural", []).append({"tier": tier.backend, "reason": structure.reason})
+        return structure.ok
+
     def _handoff_blocker(self) -> str | None:
         tiers = self.config.tiers
         for tier in tiers[1:]:
@@ -78,6 +100,15 @@ class Cascade(Strategy[CascadeStrategy]):
         return None
 
     async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
+        first = self.config.tiers[0].backend
+        missing = unsupported_parameter(self.resources.backend(first).capabilities, request.params)
+        if missing is not None:
+            # The small tier cannot honour the request (tools / response_format / logit_bias...):
+            # the last tier answers it, and the record says why the cascade was skipped.
+            ctx.record.extra["cascade_skipped"] = {"tier": first, "reason": f"unsupported:{missing}"}
+            async for event in self._direct(request, ctx, Shortcut.LAST_TIER):
+                yield event
+            return
         if self.prerouter is not None:
             if not self.prerouter.loaded:
                 raise UpstreamUnavailableError(f"model {self.public_name!r}: cascade router not loaded")
@@ -109,6 +140,17 @@ class Cascade(Strategy[CascadeStrategy]):
         # Sent to the large model without trying the small one: counted as escalated, so the
         # share escalated stays "share of requests the large model answered".
         ctx.record.escalated = shortcut is Shortcut.LAST_TIER
+        async for event in self._final(tier, request, ctx):
+            yield event
+
+    async def _final(self, tier: CascadeTier, request: ChatRequestView, ctx: RequestContext
+                     ) -> AsyncIterator[StrategyEvent]:
+        """The last tier's answer, streamed as it comes: one backend call, or a delegate model's
+        answer (``model:NAME``, e.g. speculative decoding of the large model)."""
+        if tier.backend.startswith("model:"):
+            async for answered in self.resources.strategies[tier.backend.removeprefix("model:")].chat(request, ctx):
+                yield answered
+            return
         async for event in ctx.call_chat(tier.backend, request.messages, request.params):
             yield _answer(event) if isinstance(event, GenerationDone) else event
 
@@ -119,8 +161,8 @@ class Cascade(Strategy[CascadeStrategy]):
             ctx.set_route(">".join(route))
             if index == len(self.config.tiers) - 1:
                 ctx.record.escalated = index > 0
-                async for event in ctx.call_chat(tier.backend, request.messages, request.params):
-                    yield _answer(event) if isinstance(event, GenerationDone) else event
+                async for answered in self._final(tier, request, ctx):
+                    yield answered
                 return
             chunks: list[TokenChunk] = []
             logprobs: list[TokenLogprob] = []
@@ -143,7 +185,9 @@ class Cascade(Strategy[CascadeStrategy]):
                 ctx.record.confidence = score
                 ctx.response_headers[CONFIDENCE_HEADER] = f"{score:.4f}"
             assert tier.threshold is not None
-            if done is not None and (check is None or check.failed_at is None) and score >= tier.threshold:
+            well_formed = self._well_formed(tier, request, chunks, ctx)
+            if done is not None and (check is None or check.failed_at is None) and score >= tier.threshold \
+                    and well_formed:
                 ctx.record.escalated = index > 0
                 for chunk in chunks:
                     yield client_chunk(chunk, request.params)

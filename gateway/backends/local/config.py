@@ -44,6 +44,9 @@ class LocalBackend(BackendConfigBase):
         8, ge=0, le=64, description="llamacpp: finished sequences kept for prefix reuse (LRU)."
     )
     prefill_chunk: int = Field(256, ge=16, le=4096, description="llamacpp: prompt tokens fed per step.")
+    kv_cache_type: Literal["f16", "q8_0"] = Field(
+        "q8_0", description="llamacpp: KV cache element type; q8_0 halves its memory (docs/engines.md).",
+    )
 
     @model_validator(mode="after")
     def _engine_settings(self) -> Self:

@@ -61,7 +61,26 @@ def smollm2_gguf() -> Path:
     return ggufs[0]
 
 
+MODELS_VARIABLE = "SLM_GATEWAY_MODELS"
+
+
+def models_dir() -> Path:
+    """Where fetched GGUF files live (``../shared/models/fetch-qwen-pair`` puts them there):
+    ``SLM_GATEWAY_MODELS``, default ``~/.cache/slm-gateway/models``."""
+    return Path(os.environ.get(MODELS_VARIABLE) or "~/.cache/slm-gateway/models").expanduser()
+
+
+def expand_models_dir(model: str) -> str:
+    """A policy names a fetched model as ``${SLM_GATEWAY_MODELS}/file.gguf`` so one policy file works
+    on every machine; the variable is read when the model loads (its default when unset)."""
+    for spelling in ("${" + MODELS_VARIABLE + "}", "$" + MODELS_VARIABLE):
+        if model.startswith(spelling):
+            return str(models_dir()) + model[len(spelling):]
+    return model
+
+
 def resolve_source(model: str, gguf_file: str | None = None) -> ModelSource:
+    model = expand_models_dir(model)
     if model == SMOLLM2_ALIAS:
         path = smollm2_gguf()
         return ModelSource(path.parent, path.name)

@@ -20,7 +20,9 @@ import numpy.typing as npt
 
 _C: Any = llama_cpp  # the bindings, seen as untyped: this module gives them types
 
-_GGML_TYPE_F16 = 1
+# ggml.h type ids of the KV cache element types offered (f16 exact storage, q8_0 half the memory).
+KV_TYPES = {"f16": 1, "q8_0": 8}
+_FLASH_ATTENTION_ON = 1
 _DECODE_NO_KV_SLOT = 1
 _GGML_LOG_WARN = 3  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _GGML_LOG_CONT = 5
@@ -51,8 +53,10 @@ class KVCacheFullError(LlamaError):
 class ContextOptions:
     n_ctx: int  # KV cells shared by all sequences (one unified pool)
     n_batch: int  # tokens per llama_decode call
+    n_outputs: int  # rows of logits one call may return (the output buffer is n_outputs x vocab floats)
     n_seq_max: int
     n_threads: int
+    kv_type: str = "f16"  # a key of KV_TYPES
 
 
 class Model:
@@ -131,10 +135,12 @@ class Context:
         params.n_seq_max = options.n_seq_max
         params.n_threads = options.n_threads
         params.n_threads_batch = options.n_threads
-        params.n_outputs_max_per_seq = 0  # 0 = as many as the batch: logits at every position
+        params.n_outputs_max = options.n_outputs
+        params.n_outputs_max_per_seq = 0  # 0 = n_outputs_max: a sequence may have logits at every row
         params.kv_unified = True  # one pool: a sequence may use the whole context
-        params.type_k = _GGML_TYPE_F16
-        params.type_v = _GGML_TYPE_F16
+        params.type_k = params.type_v = KV_TYPES[options.kv_type]
+        if options.kv_type != "f16":
+            params.flash_attn_type = _FLASH_ATTENTION_ON  # a quantised V cache needs flash attention
         params.no_perf = True
         handle = _C.llama_init_from_model(model.handle, params)
         if not handle:

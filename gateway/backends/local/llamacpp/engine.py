@@ -46,6 +46,10 @@ class LlamaCppOptions:
     cache_slots: int  # extra sequences kept only as prefix cache
     prefill_chunk: int  # prompt tokens per step
     threads: int
+    kv_type: str = "q8_0"
+    # Prompt rows with logits per step (prompt logprobs, scoring): the output buffer holds
+    # (this + max_running) x vocab floats — 14 MB for SmolLM2 rather than 52 MB for a whole chunk.
+    output_rows: int = 64
 
 
 class LlamaCppEngine(Engine):
@@ -57,8 +61,10 @@ class LlamaCppEngine(Engine):
         self.record_steps = False
         self._model = Model(path)
         model = self._model
+        # Streamed text leaves control tokens out; logprob entries and echoes show them. The two
+        # tables share every ordinary token's bytes object.
         self._pieces = [model.piece(i, special=False) for i in range(model.n_vocab)]
-        self._texts = [model.piece(i, special=True) for i in range(model.n_vocab)]
+        self._texts = [p or model.piece(i, special=True) for i, p in enumerate(self._pieces)]
         self._eos = frozenset(i for i in range(model.n_vocab) if model.is_eog(i))
         digest = hashlib.sha256()
         for text in self._texts:
@@ -69,7 +75,8 @@ class LlamaCppEngine(Engine):
         slots = options.max_running + options.cache_slots
         self._ctx = Context(model, ContextOptions(
             n_ctx=options.kv_tokens, n_batch=options.prefill_chunk + options.max_running,
-            n_seq_max=slots, n_threads=options.threads,
+            n_outputs=options.output_rows + options.max_running, n_seq_max=slots, n_threads=options.threads,
+            kv_type=options.kv_type,
         ))
         self._threads = options.threads
         self._slots = SlotTable(slots, self._ctx.n_ctx)
@@ -248,21 +255,27 @@ class LlamaCppEngine(Engine):
                 positions.append(len(job.slot.tokens))
                 seqs.append(job.slot.seq_id)
                 outputs.append(True)
-        budget = self.options.prefill_chunk
+        budget, rows = self.options.prefill_chunk, self.options.output_rows
         for job in self._jobs:
             if budget == 0:
                 break
             if not job.prefilling:
                 continue
-            take = min(budget, len(job.feed))
-            plan.append((job, False, take, len(tokens)))
             base = len(job.slot.tokens)
+            wanted = [job.wants_logits(base + k) for k in range(min(budget, len(job.feed)))]
+            take = len(wanted)
+            if sum(wanted) > rows:  # stop the chunk before the row past this step's output budget
+                take = [i for i, w in enumerate(wanted) if w][rows]
+            if take == 0:
+                break
+            plan.append((job, False, take, len(tokens)))
             for k in range(take):
                 tokens.append(job.feed[k])
                 positions.append(base + k)
                 seqs.append(job.slot.seq_id)
-                outputs.append(job.wants_logits(base + k))
+                outputs.append(wanted[k])
             budget -= take
+            rows -= sum(wanted[:take])
         try:
             self._decode(tokens, positions, seqs, outputs)
         except LlamaError as exc:

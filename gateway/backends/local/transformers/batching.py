@@ -141,7 +141,7 @@ class TorchBatcher:
 
         ids = torch.tensor([request.prompt_ids], dtype=torch.long)
         cache = DynamicCache()
-        out = self.forward(ids, past_key_values=cache, use_cache=True)
+        out = self.forward(ids, cache=cache, use_cache=True)
         logits = out.logits[0].float().numpy()
         if request.prompt_logprobs is not None:
             scores = prompt_token_scores(logits[:-1], request.prompt_ids[1:], request.prompt_logprobs)
@@ -152,7 +152,7 @@ class TorchBatcher:
         draw = self._draw(request, logits[-1])
         if self._deliver(request, draw):
             return
-        self._join(_Row(request, draw.token_id), out.past_key_values, len(request.prompt_ids))
+        self._join(_Row(request, draw.token_id), out.cache, len(request.prompt_ids))
 
     @staticmethod
     def _draw(request: GenerateRequest, logits: np.ndarray[Any, Any]) -> TokenDraw:
@@ -200,8 +200,8 @@ class TorchBatcher:
         positions = batch.mask.sum(dim=1, keepdim=True)
         mask = torch.cat([batch.mask, torch.ones(len(batch.rows), 1, dtype=torch.long)], dim=1)
         out = self.forward(input_ids, attention_mask=mask, position_ids=positions,
-                           past_key_values=batch.cache, use_cache=True)
-        batch.cache, batch.mask = out.past_key_values, mask
+                           cache=batch.cache, use_cache=True)
+        batch.cache, batch.mask = out.cache, mask
         logits = out.logits[:, -1].float().numpy()
         finished = []
         for i, row in enumerate(batch.rows):

@@ -100,10 +100,10 @@ class TransformersEngine(Engine):
         try:
             with torch.inference_mode():
                 cache = DynamicCache()
-                self.model(input_ids=torch.zeros(1, 8, dtype=torch.long), past_key_values=cache, use_cache=True)
+                self.model(input_ids=torch.zeros(1, 8, dtype=torch.long), cache=cache, use_cache=True)
                 started = time.perf_counter()
                 for _ in range(steps):
-                    self.model(input_ids=torch.zeros(1, 1, dtype=torch.long), past_key_values=cache, use_cache=True)
+                    self.model(input_ids=torch.zeros(1, 1, dtype=torch.long), cache=cache, use_cache=True)
                 return (time.perf_counter() - started) / steps
         finally:
             torch.set_num_threads(before)

@@ -1,0 +1,1 @@
+"""OpenTelemetry traces of client requests, exported by OTLP/HTTP when configured (docs/observability.md)."""

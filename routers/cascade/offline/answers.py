@@ -1,0 +1,141 @@
+"""Each model's answers to a labelled set, generated once and kept in a JSON file (``--cache``).
+
+Greedy answers are deterministic, so every analysis (calibration, held-out evaluation, the
+threshold sweep, the combined-policy table) can reuse them instead of generating again: on this
+CPU the 1.5B model needs minutes per dozen HumanEval problems. A cached answer is keyed by the
+backend's name and model, the task, the messages and the token cap, so a changed prompt or model
+is generated afresh. The file holds text, token logprobs (with top alternatives), timings and
+token counts; correctness is graded again on load (cheap; the grader may have changed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from gateway.core.backend import Backend, GenerationDone, SamplingParams, TokenChunk, TokenLogprob, TopLogprob
+from routers.cascade.offline.labelled import LabelledItem
+
+T = TypeVar("T")
+
+
+async def gather_bounded(
+    jobs: Sequence[Callable[[], Awaitable[T]]], concurrency: int, description: str
+) -> list[T]:
+    """Run jobs with at most ``concurrency`` in flight (the local engine batches them), in order."""
+    semaphore = asyncio.Semaphore(concurrency)
+    progress = tqdm(total=len(jobs), desc=description, unit="q")
+
+    async def run(job: Callable[[], Awaitable[T]]) -> T:
+        async with semaphore:
+            result = await job()
+            progress.update()
+            return result
+
+    try:
+        return await asyncio.gather(*(run(job) for job in jobs))
+    finally:
+        progress.close()
+
+
+@dataclass(frozen=True, slots=True)
+class BackendAnswer:
+    text: str
+    logprobs: list[TokenLogprob]
+    correct: bool
+    latency_s: float
+    ttft_s: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    structure: str | None = None  # humaneval: why the code is malformed (None: parses, defines it)
+
+
+def answer_params(item: LabelledItem) -> SamplingParams:
+    return SamplingParams(max_tokens=item.max_tokens, temperature=0.0, logprobs=True, top_logprobs=5)
+
+
+async def ask_backend(backend: Backend, item: LabelledItem, params: SamplingParams | None = None) -> BackendAnswer:
+    params = params or answer_params(item)
+    started = time.perf_counter()
+    first: float | None = None
+    text = ""
+    logprobs: list[TokenLogprob] = []
+    usage = (0, 0)
+    async for event in backend.stream_chat(item.messages, params):
+        if isinstance(event, TokenChunk):
+            first = first or time.perf_counter()
+            text += event.text
+            logprobs.extend(event.logprobs)
+        elif isinstance(event, GenerationDone):
+            usage = (event.prompt_tokens, event.completion_tokens)
+            break
+    latency = time.perf_counter() - started
+    ttft = first - started if first else None
+    correct = await asyncio.to_thread(item.is_correct, text)  # humaneval runs a subprocess
+    return BackendAnswer(text, logprobs, correct, latency, ttft, *usage, structure=item.structure(text))
+
+
+def _encode(answer: BackendAnswer) -> dict[str, Any]:
+    tokens = [[t.token, t.logprob, [[c.token, c.logprob] for c in t.top]] for t in answer.logprobs]
+    return {"text": answer.text, "tokens": tokens, "latency_s": answer.latency_s, "ttft_s": answer.ttft_s,
+            "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}
+
+
+def _decode(row: dict[str, Any], item: LabelledItem) -> BackendAnswer:
+    logprobs = [TokenLogprob(token, lp, top=tuple(TopLogprob(c, v) for c, v in top))
+                for token, lp, top in row["tokens"]]
+    return BackendAnswer(row["text"], logprobs, item.is_correct(row["text"]), row["latency_s"], row["ttft_s"],
+                         row["prompt_tokens"], row["completion_tokens"], item.structure(row["text"]))
+
+
+@dataclass
+class AnswerCache:
+    """Answers by key in one JSON file; ``path`` None keeps nothing."""
+
+    path: Path | None
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path | None) -> AnswerCache:
+        if path is not None and path.exists():
+            return cls(path, json.loads(path.read_text()).get("answers", {}))
+        return cls(path)
+
+    @staticmethod
+    def key(name: str, backend: Backend, item: LabelledItem) -> str:
+        messages = json.dumps([[m.role, m.content] for m in item.messages])
+        digest = hashlib.sha256(f"{item.task}|{item.max_tokens}|{messages}".encode()).hexdigest()[:16]
+        return f"{name}|{backend.model_name}|{item.id}|{digest}"
+
+    def save(self) -> None:
+        if self.path is not None:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"version": 1, "answers": self.rows}))
+            tmp.replace(self.path)
+
+
+async def answers_for(name: str, backend: Backend, items: Sequence[LabelledItem], concurrency: int,
+                      cache: AnswerCache, description: str) -> list[BackendAnswer]:
+    """``backend``'s answer to every item: from the cache, else generated (and cached)."""
+    keys = [AnswerCache.key(name, backend, item) for item in items]
+    missing = [i for i, key in enumerate(keys) if key not in cache.rows]
+
+    async def generate(index: int) -> None:
+        cache.rows[keys[index]] = _encode(await ask_backend(backend, items[index]))
+        if len(cache.rows) % 10 == 0:
+            cache.save()  # a long run interrupted keeps what it has
+
+    if missing:
+        await gather_bounded([partial(generate, i) for i in missing], concurrency, description)
+        cache.save()
+    return list(await asyncio.gather(*(asyncio.to_thread(_decode, cache.rows[k], it) for k, it in zip(keys, items,
+                                                                                                        strict=True))))

@@ -1,0 +1,48 @@
+"""HumanEval as a labelled task: prompt the model with the problem, extract the code it answers,
+and grade it by running the problem's own ``test`` in the sandbox.
+
+Prompting: **chat with an instruction** (not raw completion on ``/v1/completions``). The cascade,
+the pre-routers and the speculative strategy all serve chat, which is what clients send; the
+Qwen2.5-Coder *Instruct* models are tuned for it; and the answer's code block gives the scorers a
+clear span to score. The instruction asks for the whole function in one ```python block and
+nothing else, so no tokens are spent on explanations. The extracted code is run after the
+problem's prompt (its imports and helper functions): an answer restating the function replaces
+the prompt's stub, an answer with the body only completes it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.core.backend import ChatMessage
+from routers.cascade.code import code_span, python_structure
+from routers.cascade.offline.sandbox import Sandbox
+
+SYSTEM = ("You are an expert Python programmer. Complete the function the user gives you. Reply with the "
+          "complete function, including the imports it needs, in a single ```python code block and nothing else.")
+MAX_TOKENS = 512  # the longest canonical solution in dev is ~230 tokens; room for a verbose restatement
+
+
+def humaneval_messages(problem: dict[str, Any]) -> list[ChatMessage]:
+    user = f"Complete this Python function:\n```python\n{problem['prompt']}```"
+    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=user)]
+
+
+def program_for(problem: dict[str, Any], answer: str) -> str:
+    """The file the sandbox runs: the prompt, the answer's code, the problem's test, the check."""
+    code = code_span(answer).code
+    prompt = problem["prompt"]
+    return f"{prompt.rstrip()}\n{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
+
+
+def structure_of(problem: dict[str, Any], answer: str) -> str | None:
+    """None when the answer's code parses and defines the entry point, else why not."""
+    structure = python_structure(answer, problem["entry_point"], problem["prompt"])
+    return None if structure.ok else structure.reason
+
+
+def passes(problem: dict[str, Any], answer: str, sandbox: Sandbox | None = None) -> bool:
+    """pass@1 of one greedy answer: the problem's test passes in the sandbox."""
+    if structure_of(problem, answer) is not None:
+        return False  # would fail anyway; no process needed
+    return (sandbox or Sandbox()).run(program_for(problem, answer)).passed
