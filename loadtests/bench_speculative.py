@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.core.backend import Backend, CompletionPrompt, SamplingParams, TokenChunk, TokenScorer
+from gateway.core.backend import Backend, ChatMessage, CompletionPrompt, SamplingParams, TokenChunk, TokenScorer
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import GatewayResources, RequestContext
 from loadtests.bench_report import machine_line, write_section
@@ -192,11 +192,24 @@ def table(setups: list[Setup], alone: list[Run], max_k: int) -> tuple[list[str],
     return rows, notes
 
 
-def load_prompts(count: int) -> list[str]:
+EDIT = ("Rewrite this Python function exactly as it is, but with a short comment above every `return` "
+        "line. Reply with the code only.\n\n```python\n{code}```")
+
+
+async def load_prompts(count: int, task: str, renderer: Backend) -> list[str]:
+    """``complete``: the problem's prompt as a raw completion (the model writes the body).
+    ``edit``: a chat turn asking to restate the problem's reference solution with comments — an
+    answer that repeats its prompt, where prompt lookup drafts well."""
     if not HUMANEVAL.exists():
         raise SystemExit(f"{HUMANEVAL} not found (the shared data directory next to the repository)")
-    lines = HUMANEVAL.read_text().splitlines()[:count]
-    return [str(json.loads(line)["prompt"]) for line in lines]
+    problems = [json.loads(line) for line in HUMANEVAL.read_text().splitlines()[:count]]
+    if task == "complete":
+        return [str(p["prompt"]) for p in problems]
+    prompts = []
+    for problem in problems:
+        message = ChatMessage(role="user", content=EDIT.format(code=problem["prompt"] + problem["canonical_solution"]))
+        prompts.append(await renderer.render_chat_prompt([message]) or "")
+    return prompts
 
 
 async def local_backend(path: Path, threads: int) -> Backend:
@@ -225,7 +238,6 @@ def spec_setups(mode: str, max_k: int) -> list[Setup]:
 
 
 async def run(args: argparse.Namespace) -> str:
-    prompts = load_prompts(args.prompts)
     target = await local_backend(coder("1.5b"), args.threads) if args.mode != "remote" else None
     draft = await local_backend(coder("0.5b"), args.threads)
     server = None
@@ -251,6 +263,7 @@ async def run(args: argparse.Namespace) -> str:
                         "draft": ModelledBackend("draft", ModelledScorer(draft_scorer, step * draft_share, args.slope))}
             note += f" Draft step modelled at {draft_share:.2f} of a target step (its share of the bytes read)."
         setups = spec_setups(args.mode, args.max_k)
+        prompts = await load_prompts(args.prompts, args.task, draft)
         ids_of = [await draft_scorer.tokenize(p) for p in prompts]
         for setup in setups:  # calibration (first request), untimed
             setup.strategy = build(setup, backends)
@@ -326,6 +339,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=["in-process", "cost-model", "remote"], default="in-process")
     parser.add_argument("--prompts", type=int, default=10)
+    parser.add_argument("--task", choices=["complete", "edit"], default="complete",
+                        help="complete: raw HumanEval prompts; edit: restate the reference solution (chat)")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--max-k", type=int, default=8)
     parser.add_argument("--slope", type=float, default=0.1, help="cost-model: verify(k) = step * (1 + slope k)")
@@ -337,18 +352,20 @@ def main() -> None:
     started = time.perf_counter()
     body = asyncio.run(run(args))
     minutes = (time.perf_counter() - started) / 60
-    command = (f"`.venv/bin/python loadtests/bench_speculative.py --mode {args.mode} --prompts {args.prompts} "
+    command = (f"`.venv/bin/python loadtests/bench_speculative.py --mode {args.mode} --task {args.task} "
+               f"--prompts {args.prompts} "
                f"--max-tokens {args.max_tokens} --max-k {args.max_k} --threads {args.threads}"
                + (f" --slope {args.slope}" if args.mode == "cost-model" else "") + "`")
     title = {"in-process": "in-process (llama.cpp)", "cost-model": "cost model of a memory-bound target",
              "remote": "target behind a second gateway (remote verification)"}[args.mode]
-    markdown = (f"### Speculative decoding, {title}: Qwen2.5-Coder 1.5B target, HumanEval dev prompts\n\n"
+    task = "HumanEval dev prompts" if args.task == "complete" else "HumanEval dev solutions restated (edit task)"
+    markdown = (f"### Speculative decoding, {title}: Qwen2.5-Coder 1.5B target, {task}\n\n"
                 f"{command} — {machine_line()}; threads {args.threads} per model; greedy; {args.prompts} prompts "
                 f"x max {args.max_tokens} tokens; prompts cached before each run (decode only); load average at "
                 f"start / end {load_start:.2f} / {os.getloadavg()[0]:.2f}; took {minutes:.1f} min.\n\n{body}\n")
     print(markdown)
     if args.write:
-        write_section(f"speculative-{args.mode}", markdown)
+        write_section(f"speculative-{args.mode}" + ("" if args.task == "complete" else f"-{args.task}"), markdown)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 The mix: the in-process SmolLM2 alone (``slm``, twice), the LLM alone (``llm``, the fake
 upstream of ``loadtests/fake_upstream.py``), a cascade that keeps the small model's answer
 (``kept``), one that escalates to the LLM (``escalated``), and a request to a backend nobody
-listens on (``broken``: an error record); then a virtual key with a budget asks the LLM once.
+listens on (``broken``: an error record), SmolLM2 verifying prompt-lookup drafts
+(``speculative``); then a virtual key with a budget asks the LLM once.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from tests.gateway_process import GatewayProcess, free_port, two_tier_policy
 
 ADMIN_KEY = "sk-admin-observability-test"
 QUESTION = [{"role": "user", "content": "Name the largest planet in the solar system."}]
-MIX = ("slm", "slm", "llm", "kept", "escalated", "broken")
+# Prompt lookup drafts from repeated text: the speculative request has something to accept.
+REPEAT = [{"role": "user", "content": "Repeat this line twice: the quick brown fox jumps over the lazy dog."}]
+MIX = ("slm", "slm", "llm", "kept", "escalated", "speculative", "broken")
 
 
 def mix_policy(fake_upstream_url: str) -> dict[str, Any]:
@@ -34,6 +37,10 @@ def mix_policy(fake_upstream_url: str) -> dict[str, Any]:
         "kept": {"type": "cascade", "tiers": [{**slm_tier, "threshold": -1e9}, {"backend": "llm"}]},
         "escalated": {"type": "cascade", "tiers": [{**slm_tier, "threshold": 1e9}, {"backend": "llm"}]},
         "broken": {"type": "static", "backend": "dead"},
+        # adaptive_k off: k drafts every round, whatever this busy machine's timings say (the
+        # adaptive controller may otherwise decide the target alone is faster: nothing drafted).
+        "speculative": {"type": "speculative", "target": "slm", "draft": {"ngram": {"max_n": 3, "min_n": 1, "k": 4}},
+                        "k": 4, "adaptive_k": False},
     })
     return policy
 
@@ -58,7 +65,8 @@ class ServedMix:
 def serve_mix(gateway: GatewayProcess, extra_headers: dict[str, str] | None = None) -> ServedMix:
     served = ServedMix(gateway)
     for model in MIX:
-        body = {"model": model, "messages": QUESTION, "max_tokens": 12, "temperature": 0}
+        messages, max_tokens = (REPEAT, 40) if model == "speculative" else (QUESTION, 12)
+        body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
         answer = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=300,
                             headers={**served.headers, **(extra_headers or {})})
         served.request_ids.setdefault(model, []).append(answer.headers["x-slm-gateway-request-id"])

@@ -37,7 +37,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[InProces
                   "backends": {"up": {"type": "openai", "base_url": f"{url}/v1", "model": "fake-model"},
                                "slm": {"type": "local", "model": "smollm2", "threads": 1,
                                        "defaults": {"temperature": 0.2, "top_p": 0.9}}},
-                  "models": {"up": {"type": "static", "backend": "up"}, "slm": {"type": "static", "backend": "slm"}}}
+                  "models": {"up": {"type": "static", "backend": "up"}, "slm": {"type": "static", "backend": "slm"},
+                             "auto": {"type": "cascade", "tiers": [{"backend": "slm", "threshold": -1.0},
+                                                                   {"backend": "up"}]}}}
         process = InProcessGateway(policy, tmp_path_factory.mktemp("clients")).start()
         try:
             yield process, fake
@@ -99,3 +101,17 @@ def test_langchain_plain_chat_on_the_local_model(gateway: tuple[InProcessGateway
     process, _ = gateway
     message = chat_model(process, "slm").invoke("Say hello.", max_tokens=8)  # type: ignore[attr-defined]
     assert message.content and message.response_metadata["model_name"] == "SmolLM2-135M-Instruct"
+
+
+def test_cascade_sends_tools_to_the_tier_that_honours_them(gateway: tuple[InProcessGateway, FakeUpstream]) -> None:
+    process, fake = gateway
+    llm = chat_model(process, "auto").bind_tools([Weather])  # type: ignore[attr-defined]
+    message = llm.invoke("Weather in Oslo?")
+    assert message.tool_calls[0]["name"] == "Weather"
+    assert fake.recorded[-1]["body"]["tools"][0]["function"]["name"] == "Weather"
+    record = process.wait_records(len(process.sink.records))[-1]
+    assert record.extra["cascade_skipped"] == {"tier": "slm", "reason": "unsupported:tools"}
+    assert record.escalated and [c.backend for c in record.calls] == ["up"]
+    plain = chat_model(process, "auto").invoke("Say hi.", max_tokens=4)  # type: ignore[attr-defined]
+    assert plain.content is not None  # no tools: the small tier answers first, as before
+

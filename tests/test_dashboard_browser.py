@@ -18,12 +18,13 @@ import pytest
 
 from loadtests.fake_upstream import FakeConfig, serve_in_thread
 from tests.gateway_process import REPO, GatewayProcess
-from tests.observability_support import ADMIN_KEY, ServedMix, mix_policy, serve_mix
+from tests.observability_support import ADMIN_KEY, MIX, ServedMix, mix_policy, serve_mix
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOTS = REPO / "docs" / "img"
+TOTAL = len(MIX) + 1  # the mix, and the budgeted key's request
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
@@ -89,7 +90,7 @@ def test_figures_equal_the_usage_api(served: ServedMix, page: Any) -> None:
     page.fill("#key", ADMIN_KEY)
     page.click("button[type=submit]")
     page.wait_for_selector("[data-testid=kpi-requests]")
-    page.wait_for_function("document.querySelectorAll('#requests-table tbody tr[data-request-id]').length >= 7")
+    page.wait_for_function(f"document.querySelectorAll('#requests-table tbody tr[data-request-id]').length >= {TOTAL}")
 
     by_route = {g["key"]: g for g in served.get("/v1/gateway/usage", since="15m", group_by="route")["groups"]}
     by_model = {g["key"]: g for g in served.get("/v1/gateway/usage", since="15m", group_by="model")["groups"]}
@@ -100,7 +101,7 @@ def test_figures_equal_the_usage_api(served: ServedMix, page: Any) -> None:
     requests = sum(g["requests"] for g in by_route.values())
     cost = sum(g["cost_usd"] for g in by_route.values())
     savings = sum(g["savings_usd"] for g in by_route.values())
-    assert requests == 7
+    assert requests == TOTAL
     assert value_of(page, "[data-testid=kpi-requests]") == requests
     assert value_of(page, "[data-testid=kpi-cost]") == pytest.approx(cost, abs=1e-12)
     assert value_of(page, "[data-testid=kpi-savings]") == pytest.approx(savings, abs=1e-12)
@@ -132,7 +133,13 @@ def test_figures_equal_the_usage_api(served: ServedMix, page: Any) -> None:
     assert float(team.locator("[data-testid=key-cost]").get_attribute("data-value")) == pytest.approx(
         by_key[served.key_id]["cost_usd"], abs=1e-12)
     assert "of $0.001000" in team.inner_text()  # the budget bar
-    assert page.locator("#speculative").inner_text() == "no speculative route in the policy"
+    spec = by_model["speculative"]
+    assert spec["draft_tokens"] > 0 and spec["target_passes"] > 0
+    acceptance = page.locator("#speculative .bar-row[data-key='speculative'] [data-testid=acceptance-rate]")
+    accepted = spec["accepted_tokens"] / spec["draft_tokens"]
+    tokens_per_pass = spec["speculative_tokens"] / spec["target_passes"]
+    assert float(acceptance.get_attribute("data-value")) == pytest.approx(accepted)
+    assert acceptance.inner_text() == f"{pct(accepted)} · {tokens_per_pass:.2f} tok/pass"
     page.wait_for_timeout(300)  # let the SVG settle before the picture
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
@@ -164,4 +171,4 @@ def test_the_window_can_change_and_the_page_refreshes(served: ServedMix, page: A
     page.click("#windows button[data-window='7d']")
     page.wait_for_function(f"document.getElementById('status').dataset.generatedAt !== '{before}'")
     assert "window=7d" in page.url
-    assert value_of(page, "[data-testid=kpi-requests]") == 7  # the same records, a wider window
+    assert value_of(page, "[data-testid=kpi-requests]") == TOTAL  # the same records, a wider window

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gateway.accounting.facts import record_to_dict
+from gateway.accounting.facts import record_to_dict, request_contribution
 from gateway.accounting.store import RecordStore, usage_body
 from gateway.dashboard.data import WINDOWS, minutes_of, overview, request_row
 from tests.test_accounting_stores import make_record, store  # noqa: F401 - the two-store fixture
@@ -62,6 +62,19 @@ async def test_overview_equals_the_usage_aggregates(store: RecordStore) -> None:
     assert {g["key"]: g["requests"] for g in hour["usage"]["status"]} == {"ok": 4, "upstream_timeout": 1}
     quarter = await overview(store, WINDOWS["15m"], strategy_types=types, keys=[], now=NOW)
     assert quarter["speculative"][0]["acceptance_rate"] == pytest.approx(30 / 40)  # the older one is outside
+
+
+def test_predicted_outputs_count_what_they_report() -> None:
+    record = make_record("speculative", completion_tokens=30)
+    record.extra["speculative"] = {"mode": "predicted", "rounds": 1, "drafted": 40, "accepted": None,
+                                   "rejected": None, "target_calls": 1}
+    counted = request_contribution(record)
+    # Acceptance unknown: neither drafted nor accepted is counted; one call produced the answer.
+    assert (counted.draft_tokens, counted.accepted_tokens, counted.speculative_tokens, counted.target_passes) == (
+        0, 0, 30, 1)
+    record.extra["speculative"]["accepted"] = 25
+    counted = request_contribution(record_to_dict(record))
+    assert (counted.draft_tokens, counted.accepted_tokens) == (40, 25)
 
 
 async def test_top_keys_carry_their_budget(store: RecordStore) -> None:  # noqa: F811

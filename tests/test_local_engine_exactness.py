@@ -8,13 +8,13 @@ tokens are nearly tied. What must hold, and is asserted:
 * the same prompt text and token ids (same chat template, same tokenizer);
 * prompt logprobs of the same tokens within ``PROMPT_LP_MEAN`` (mean abs) / ``PROMPT_LP_MAX``;
 * generated logprobs within ``GEN_LP_MAX`` while the two agree;
-* greedy output identical for 32 tokens on the ``AGREE`` prompts, and on every prompt a
-  divergence only at a near-tie: the reference's top-2 margin below ``TIE`` nats there and
+* greedy output identical for 32 tokens on the ``agree`` prompts; on the others, identical or
+  diverging only at a near-tie: the reference's top-2 margin below ``TIE`` nats there, and
   llama.cpp's token the reference's runner-up.
 
-Measured (this file's prompts, SmolLM2-135M Q4_1): prompt-logprob mean |Δ| 0.07-0.09, max
-0.66; generated max 0.16; 4 of 7 prompts identical for 32 tokens, the other 3 diverge at
-margins of 0.03-0.08 nats. Qwen2.5-Coder-1.5B Q4_K_M (slow tier): see docs/engines.md.
+Measured with the default KV cache (K f16, V q8_0), SmolLM2-135M Q4_1: prompt-logprob mean
+|Δ| 0.05-0.07, max 0.25; generated max 0.23; 5 of the 7 prompts identical for 32 tokens, the
+other 2 diverge at reference margins of 0.05 and 0.08 nats. Coder-1.5B (slow tier): docs/engines.md.
 """
 
 from __future__ import annotations
@@ -27,15 +27,15 @@ import pytest
 from gateway.core.backend import ChatMessage, CompletionPrompt, TokenLogprob
 from tests.local_engine_support import chat, coder_gguf, complete, started
 
-PROMPT_LP_MEAN = 0.15
-PROMPT_LP_MAX = 1.0
+PROMPT_LP_MEAN = 0.1
+PROMPT_LP_MAX = 0.5
 GEN_LP_MAX = 0.3
 TIE = 0.3
 TOKENS = 32
 CONTINUATION = " The answer depends on what you need, so here is a short and careful explanation."
 
 SMOLLM2_AGREE = ["Write a Python function that reverses a string.", "What is a prime number?",
-                 "Explain what a hash table is."]
+                 "Explain what a hash table is.", "Write a haiku about rain."]
 SMOLLM2_NEAR_TIES = ["What is the capital of France?", "List three colours.", "Say hello."]
 CODER_AGREE = ["Write a Python function that checks whether a number is prime.",
                "Write a Python function that returns the factorial of n.",

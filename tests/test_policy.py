@@ -62,7 +62,7 @@ def test_policy_check_cli(tmp_path: Path) -> None:
 
 def test_default_policy_loads() -> None:
     policy = load_policy()
-    assert set(policy.models) == {"slm", "llm", "slm-embed"}
+    assert set(policy.models) == {"slm", "llm", "slm-embed", "auto"}
     assert policy.backends["llm"].type == "openai"
     assert policy.backends["embed"].type == "embedding"
     assert policy.backends["slm"].defaults.as_dict() == {"temperature": 0.2, "top_p": 0.9}

@@ -15,7 +15,7 @@ import pytest
 from loadtests.fake_upstream import FakeConfig, serve_in_thread
 from tests.gateway_process import REPO, GatewayProcess
 from tests.observability_support import ADMIN_KEY, ServedMix, mix_policy, serve_mix
-from tests.otlp_receiver import Receiver, ReceivedSpan, otlp_receiver
+from tests.otlp_receiver import ReceivedSpan, Receiver, otlp_receiver
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -115,3 +115,15 @@ def test_tracing_off_imports_no_sdk_and_adds_no_middleware(tmp_path: object) -> 
     # no-op without a global provider, which the gateway never sets); the SDK is the cost.
     assert modules == "[]"
     assert "TraceMiddleware" not in middleware
+
+
+def test_settings_read_the_standard_variables() -> None:
+    from gateway.telemetry.settings import TracingSettings
+
+    assert not TracingSettings.from_env({}).enabled
+    on = TracingSettings.from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "gw"})
+    assert on.enabled and on.endpoint == "http://collector:4318" and on.service_name == "gw"
+    traces_only = TracingSettings.from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/v1/traces"})
+    assert traces_only.enabled and traces_only.service_name == "slm-gateway"
+    disabled = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_SDK_DISABLED": "true"}
+    assert not TracingSettings.from_env(disabled).enabled

@@ -94,9 +94,12 @@ def request_contribution(record: Mapping[str, Any] | RequestRecord) -> Contribut
         extra = get("extra")
     speculative = extra.get("speculative") if extra else None
     if isinstance(speculative, dict):  # only speculative routes pay for this
-        counted.draft_tokens = int(speculative.get("drafted") or 0)
-        counted.accepted_tokens = int(speculative.get("accepted") or 0)
-        counted.speculative_tokens = int(speculative.get("emitted") or 0)
+        accepted, emitted = speculative.get("accepted"), speculative.get("emitted")
+        if accepted is not None:  # predicted outputs: None when the upstream did not say
+            counted.draft_tokens = int(speculative.get("drafted") or 0)
+            counted.accepted_tokens = int(accepted)
+        # Predicted outputs record no "emitted": the answer's tokens are what the passes produced.
+        counted.speculative_tokens = int(emitted) if emitted is not None else counted.completion_tokens
         counted.target_passes = int(speculative.get("target_passes") or speculative.get("target_calls") or 0)
     return counted
 

@@ -204,12 +204,15 @@ class Speculative(Strategy[SpeculativeStrategy]):
             rounds = speculative_rounds(generation, verifier, drafters, self._controller, rng, params.stop)
             detokenizer = self._scorer.new_detokenizer()
             stops = StopMatcher(params.stop)
+            pending: list[int] = []  # ids whose text is still held (a split character, a possible stop)
             try:
                 async for step in rounds:
                     raw = step.text if step.text is not None else "".join(detokenizer.add(t) for t in step.tokens)
                     text, stopped = stops.feed(raw)
+                    pending += step.tokens
                     if text:
-                        yield TokenChunk(text=text, token_ids=tuple(step.tokens))
+                        yield TokenChunk(text=text, token_ids=tuple(pending))
+                        pending = []
                     if stopped or step.finish:
                         finish = "stop" if stopped else (step.finish or "stop")
                         break
@@ -217,8 +220,8 @@ class Speculative(Strategy[SpeculativeStrategy]):
                 await rounds.aclose()
                 generation.stats.wall_seconds = time.perf_counter() - loop_started
             tail = stops.flush()
-            if tail:
-                yield TokenChunk(text=tail)
+            if tail or pending:
+                yield TokenChunk(text=tail, token_ids=tuple(pending))
         finally:
             self._record(ctx, generation, wall, started, holds)
         yield _Finished(finish, generation.prompt_tokens, generation.stats.emitted)

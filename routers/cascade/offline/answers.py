@@ -111,10 +111,10 @@ class AnswerCache:
         return cls(path)
 
     @staticmethod
-    def key(name: str, backend: Backend, item: LabelledItem) -> str:
+    def key(name: str, model_name: str, item: LabelledItem) -> str:
         messages = json.dumps([[m.role, m.content] for m in item.messages])
         digest = hashlib.sha256(f"{item.task}|{item.max_tokens}|{messages}".encode()).hexdigest()[:16]
-        return f"{name}|{backend.model_name}|{item.id}|{digest}"
+        return f"{name}|{model_name}|{item.id}|{digest}"
 
     def save(self) -> None:
         if self.path is not None:
@@ -126,7 +126,7 @@ class AnswerCache:
 async def answers_for(name: str, backend: Backend, items: Sequence[LabelledItem], concurrency: int,
                       cache: AnswerCache, description: str) -> list[BackendAnswer]:
     """``backend``'s answer to every item: from the cache, else generated (and cached)."""
-    keys = [AnswerCache.key(name, backend, item) for item in items]
+    keys = [AnswerCache.key(name, backend.model_name, item) for item in items]
     missing = [i for i, key in enumerate(keys) if key not in cache.rows]
 
     async def generate(index: int) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from gateway.core.config import Price
 from routers.cascade.calibration import apply_calibration
@@ -63,7 +64,7 @@ def replay(tier: CascadeTier, small: Sequence[BackendAnswer], large: Sequence[Ba
     return out
 
 
-def sweep(order: Sequence[float], small_ok: Sequence[bool], large_ok: Sequence[bool]
+def sweep(order: npt.ArrayLike, small_ok: npt.ArrayLike, large_ok: npt.ArrayLike
           ) -> tuple[np.ndarray, np.ndarray]:
     """Quality at every share escalated k/n, least confident first (ties broken by position)."""
     ranked = np.argsort(np.asarray(order, dtype=float), kind="stable")
@@ -73,7 +74,7 @@ def sweep(order: Sequence[float], small_ok: Sequence[bool], large_ok: Sequence[b
     return np.arange(n + 1) / n, (weak.sum() + gain) / n
 
 
-def curve_figures(order: Sequence[float], small_ok: Sequence[bool], large_ok: Sequence[bool]
+def curve_figures(order: npt.ArrayLike, small_ok: npt.ArrayLike, large_ok: npt.ArrayLike
                   ) -> dict[str, float | None]:
     """APGR (area under the gap recovered), escalation for 50/80/95 % of the gap, and for 95 % of
     the large model's accuracy (None when the large model is not better)."""
@@ -108,7 +109,7 @@ def bootstrap(statistic: Callable[[np.ndarray], dict[str, float | None]], n: int
                   if len(draws.get(key, [])) >= rounds // 2 else None) for key in keys}
 
 
-def cascade_figures(order: Sequence[float], small_ok: Sequence[bool], large_ok: Sequence[bool],
+def cascade_figures(order: npt.ArrayLike, small_ok: npt.ArrayLike, large_ok: npt.ArrayLike,
                     cascade: Sequence[CascadeAnswer], rounds: int = 1000) -> dict[str, Any]:
     """Point figures and their bootstrap intervals, from per-item arrays."""
     order_a, weak_a, strong_a = np.asarray(order, float), np.asarray(small_ok, bool), np.asarray(large_ok, bool)

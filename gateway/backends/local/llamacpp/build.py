@@ -16,7 +16,7 @@ def load_llamacpp(name: str, config: LocalBackend, source: ModelSource) -> Llama
     options = LlamaCppOptions(
         kv_tokens=config.kv_tokens or config.context_length, max_running=config.max_batch_size,
         cache_slots=config.prefix_cache_slots, prefill_chunk=config.prefill_chunk, threads=config.threads or 1,
-        kv_type=config.kv_cache_type,
+        cache_type_k=config.cache_type_k, cache_type_v=config.cache_type_v,
     )
     try:
         engine = LlamaCppEngine(path, options)

@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 _C: Any = llama_cpp  # the bindings, seen as untyped: this module gives them types
 
-# ggml.h type ids of the KV cache element types offered (f16 exact storage, q8_0 half the memory).
+# ggml.h type ids of the KV cache element types offered (q8_0: about half of f16's memory).
 KV_TYPES = {"f16": 1, "q8_0": 8}
 _FLASH_ATTENTION_ON = 1
 _DECODE_NO_KV_SLOT = 1
@@ -56,7 +56,8 @@ class ContextOptions:
     n_outputs: int  # rows of logits one call may return (the output buffer is n_outputs x vocab floats)
     n_seq_max: int
     n_threads: int
-    kv_type: str = "f16"  # a key of KV_TYPES
+    type_k: str = "f16"  # keys of KV_TYPES
+    type_v: str = "f16"
 
 
 class Model:
@@ -138,8 +139,8 @@ class Context:
         params.n_outputs_max = options.n_outputs
         params.n_outputs_max_per_seq = 0  # 0 = n_outputs_max: a sequence may have logits at every row
         params.kv_unified = True  # one pool: a sequence may use the whole context
-        params.type_k = params.type_v = KV_TYPES[options.kv_type]
-        if options.kv_type != "f16":
+        params.type_k, params.type_v = KV_TYPES[options.type_k], KV_TYPES[options.type_v]
+        if options.type_v != "f16":
             params.flash_attn_type = _FLASH_ATTENTION_ON  # a quantised V cache needs flash attention
         params.no_perf = True
         handle = _C.llama_init_from_model(model.handle, params)

@@ -46,7 +46,8 @@ class LlamaCppOptions:
     cache_slots: int  # extra sequences kept only as prefix cache
     prefill_chunk: int  # prompt tokens per step
     threads: int
-    kv_type: str = "q8_0"
+    cache_type_k: str = "f16"
+    cache_type_v: str = "q8_0"
     # Prompt rows with logits per step (prompt logprobs, scoring): the output buffer holds
     # (this + max_running) x vocab floats — 14 MB for SmolLM2 rather than 52 MB for a whole chunk.
     output_rows: int = 64
@@ -76,7 +77,7 @@ class LlamaCppEngine(Engine):
         self._ctx = Context(model, ContextOptions(
             n_ctx=options.kv_tokens, n_batch=options.prefill_chunk + options.max_running,
             n_outputs=options.output_rows + options.max_running, n_seq_max=slots, n_threads=options.threads,
-            kv_type=options.kv_type,
+            type_k=options.cache_type_k, type_v=options.cache_type_v,
         ))
         self._threads = options.threads
         self._slots = SlotTable(slots, self._ctx.n_ctx)
