@@ -31,7 +31,7 @@ from routers.learned.offline.data import LabelledSet, LabelRule, load_labelled
 from routers.learned.offline.embedding_cache import embed_cached
 from routers.learned.offline.metrics import RouterMetrics, random_router_metrics, router_metrics
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"  # ../shared next to the repo
 Index = npt.NDArray[np.intp]
 
 
@@ -173,7 +173,7 @@ def main() -> None:
             "## Learned router (pre-call, RouteLLM metrics)",
             "",
             f"`.venv/bin/python -m loadtests.bench_router --folds {args.folds}` — {machine_line()}, "
-            f"{time.perf_counter() - started:.0f} s. Dev data (/work/shared/data), scored only on held-out "
+            f"{time.perf_counter() - started:.0f} s. Dev data (../shared/data), scored only on held-out "
             "folds. Cross-subject MMLU folds hold out whole subjects; the \"subjects shared\" rows (plain "
             "k-fold) are a reference only, optimistic for unseen topics. Weak = Mixtral-8x7B, "
             "strong = GPT-4 (RouteLLM's recorded answers). Embeddings: all-MiniLM-L6-v2; label: strong "

@@ -129,6 +129,11 @@ def test_code_scorers_read_the_code_block_only() -> None:
     assert SCORERS["code_confident_share"](answer) == pytest.approx(0.5)  # "return": margin 0.05
     assert SCORERS["code_quantile_logprob"](answer) == pytest.approx(unsure + 0.1 * (sure - unsure))
     assert SCORERS["mean_logprob"](answer) > SCORERS["code_mean_logprob"](answer)  # the fences dilute it
+    # A restated signature and docstring are copied from the prompt: not scored as the body.
+    restated = [tok("```", sure), tok("python\n", sure), tok("def", sure), tok(" f(x):\n", sure),
+                tok('    """', sure), tok("Doc.", sure), tok('"""\n', sure), tok("    return", unsure),
+                tok(" x", sure), tok("\n```", sure)]
+    assert [t.token for t in code_tokens(restated)] == ["    return", " x"]
 
 
 def answer(correct: bool, score: float, structure: str | None = None, tokens: int = 10) -> BackendAnswer:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from openai import OpenAI
 
 from tests.gateway_process import free_port
@@ -150,3 +151,17 @@ def test_chat_completion_from_the_image(served: str) -> None:
         assert time.monotonic() < deadline, "no accounting store in SLM_GATEWAY_DATA_DIR"
         time.sleep(0.5)
     print(f"chat reply: {reply.choices[0].message.content!r} ({reply.usage.completion_tokens} tokens)")
+
+
+def test_embeddings_without_torch_answer_a_clear_503(served: str) -> None:
+    """The image leaves torch out, so the default policy's embedding model cannot load: a 503 in
+    OpenAI's envelope that names the missing extra, not an internal error."""
+    policy = yaml.safe_load((ROOT / "policies" / "default.yaml").read_text())
+    embedding = [name for name, model in policy["models"].items() if model.get("type") == "static"
+                 and policy["backends"].get(model.get("backend"), {}).get("type") == "embedding"]
+    if not embedding:
+        pytest.skip("the default policy serves no embedding model")
+    reply = httpx.post(f"{served}/v1/embeddings", json={"model": embedding[0], "input": "hello"}, timeout=60)
+    assert reply.status_code == 503, reply.text
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and "transformers" in error["message"], error

@@ -87,6 +87,30 @@ async def test_scoring_a_growing_sequence_decodes_only_the_new_tokens(backend: L
     assert fresh.argmax[0] == scores.argmax[0]
 
 
+async def test_many_logit_rows_are_spread_over_steps(backend: LocalModelBackend) -> None:
+    """At most 64 prompt rows of logits per step: a 300-token echo and a 200-row scoring call
+    still get every row, over several steps."""
+    ids = [(11 + 7 * i) % 30000 + 100 for i in range(300)]
+    steps = backend.engine.stats.steps
+    echo = await complete(backend, CompletionPrompt(token_ids=ids, echo=True, prompt_logprobs=0), max_tokens=0)
+    assert echo.done is not None and echo.done.prompt_logprobs is not None
+    assert len(echo.done.prompt_logprobs) == 300 and all(e is not None for e in echo.done.prompt_logprobs[1:])
+    assert backend.engine.stats.steps - steps >= 5  # 299 rows at <= 64 per step
+    scorer = backend.token_scorer()
+    assert scorer is not None
+    scores = await scorer.score_next_tokens(ids[:200], 1, want_logits=True)
+    assert scores.logits.shape == (200, scorer.vocab_size)
+    assert list(scores.argmax) == [int(row.argmax()) for row in scores.logits]
+    # The chosen token's logprob from the scorer's raw rows matches the echo's (same positions).
+    from gateway.backends.local.sampling import log_softmax
+
+    for position in (1, 63, 64, 65, 150):
+        entry = echo.done.prompt_logprobs[position]
+        assert entry is not None
+        expected = float(log_softmax(scores.logits[position - 1])[ids[position]])
+        assert abs(entry.logprob - expected) < 0.05
+
+
 async def test_a_long_prompt_does_not_freeze_a_running_stream(backend: LocalModelBackend) -> None:
     order: list[str] = []
     long_task: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -127,6 +151,31 @@ async def test_requests_wait_for_room_in_a_small_kv_pool() -> None:
         # Each reserves ~215 of 256 cells: they ran one after another, not failed.
         assert [r.token_ids for r in together] == [r.token_ids for r in alone]
         assert all(r.done is not None and r.done.finish_reason in ("stop", "length") for r in together)
+
+
+async def test_a_failed_step_is_an_upstream_error_and_the_engine_goes_on(
+    backend: LocalModelBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.backends.local.llamacpp.capi import LlamaError
+    from gateway.core.errors import UpstreamError
+
+    context = backend.engine._ctx  # type: ignore[attr-defined]
+    real = context.decode
+    calls = {"n": 0}
+
+    def failing_once(*args: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise LlamaError("llama_decode failed with status -3")
+        real(*args)
+
+    monkeypatch.setattr(context, "decode", failing_once)
+    with pytest.raises(UpstreamError, match="status -3"):
+        await chat(backend, "Name a colour.", max_tokens=8)
+    after = await chat(backend, "Name a colour.", max_tokens=8)  # rolled back: same answer as ever
+    monkeypatch.setattr(context, "decode", real)
+    assert after.token_ids == (await chat(backend, "Name a colour.", max_tokens=8)).token_ids
+    assert after.done is not None and after.done.completion_tokens == len(after.token_ids)
 
 
 def test_num_layers_is_refused_for_llamacpp() -> None:

@@ -64,7 +64,8 @@ def code_tokens(tokens: Sequence[TokenLogprob], body_only: bool = True) -> list[
     for token in tokens:
         end = offset + len(token.token)
         in_code = end > span.start and offset < span.end
-        copied = any(offset >= a and end <= b for a, b in excluded)
+        first = offset + len(token.token) - len(token.token.lstrip())  # its first visible character
+        copied = any(a <= first < b for a, b in excluded)
         if in_code and not copied and token.token.strip():
             inside.append(token)
         offset = end

@@ -5,12 +5,14 @@ warm): one decode step of the target (one new token, one row), a verification of
 (k + 1 new tokens, k + 1 rows) for a few k up to ``max_k`` (the others interpolated), and one
 draft step of each model drafter. The calls feed *junk* tokens after the prompt, each
 repetition a different one, so the engine computes exactly the new tokens (its prefix reuse
-keeps the prompt and rolls the junk back). Each cost is the minimum over repetitions: on a
-shared machine the minimum is the least disturbed measurement of the same work.
+keeps the prompt and rolls the junk back). Each ratio is taken against decode steps timed
+right before and after it (median over repetitions). The controller then refines the costs
+from every round it runs (:meth:`~routers.speculative.controller.Controller.observe_round`).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
@@ -46,22 +48,45 @@ class _Calls:
     def __init__(self) -> None:
         self.count = 0
 
-    async def fastest(self, repeats: int, run: Callable[[int], Awaitable[None]]) -> float:
-        best = float("inf")
+    async def timed(self, run: Callable[[int], Awaitable[None]]) -> float:
+        self.count += 1
+        started = time.perf_counter()
+        await run(self.count)
+        return time.perf_counter() - started
+
+    async def ratio(self, repeats: int, decode: Callable[[int], Awaitable[None]],
+                    measured: Callable[[int], Awaitable[None]]) -> tuple[float, list[float]]:
+        """Median over repetitions of ``measured`` / the mean of a decode step timed just before
+        and just after it, and those decode times. Adjacent pairs: on a shared machine the load
+        drifts within seconds, and a ratio of two distant measurements would carry that drift."""
+        ratios, decodes = [], []
         for _ in range(repeats):
-            self.count += 1
-            started = time.perf_counter()
-            await run(self.count)
-            best = min(best, time.perf_counter() - started)
-        return best
+            before = await self.timed(decode)
+            value = await self.timed(measured)
+            after = await self.timed(decode)
+            ratios.append(value / ((before + after) / 2))
+            decodes += [before, after]
+        return statistics.median(ratios), decodes
 
 
-async def measure_drafters(drafters: Sequence[ModelDrafter], prompt: Sequence[int], decode_seconds: float,
-                           repeats: int) -> dict[str, float]:
-    """Each model drafter's time per drafted token, in target decode steps."""
-    costs: dict[str, float] = {}
+async def calibrate_local(target: TokenScorer, drafters: Sequence[ModelDrafter], prompt: Sequence[int],
+                          max_k: int, repeats: int) -> Costs:
     base = list(prompt)
+    vocab = target.vocab_size
     calls = _Calls()
+    await target.score_next_tokens(base, len(base))  # prefill, untimed
+
+    async def rows(call: int, k: int) -> None:
+        await target.score_next_tokens([*base, *junk(base, vocab, call, k + 1)], len(base) + 1)
+
+    decode = partial(rows, k=0)
+    await calls.timed(decode)  # warms the engine's path for one new token
+    verify: dict[int, float] = {}
+    decodes: list[float] = []
+    for k in measured_ks(max_k):
+        verify[k], timed = await calls.ratio(repeats, decode, partial(rows, k=k))
+        decodes += timed
+    draft: dict[str, float] = {}
     for drafter in drafters:
         scorer = drafter.scorer
         await scorer.score_next_tokens(base, len(base))  # prefill, untimed
@@ -69,24 +94,9 @@ async def measure_drafters(drafters: Sequence[ModelDrafter], prompt: Sequence[in
         async def step(call: int, scorer: TokenScorer = scorer) -> None:
             await scorer.score_next_tokens([*base, *junk(base, scorer.vocab_size, call, 1)], len(base) + 1)
 
-        costs[drafter.name] = await calls.fastest(repeats, step) / decode_seconds
-    return costs
-
-
-async def calibrate_local(target: TokenScorer, drafters: Sequence[ModelDrafter], prompt: Sequence[int],
-                          max_k: int, repeats: int) -> Costs:
-    base = list(prompt)
-    await target.score_next_tokens(base, len(base))  # prefill, untimed
-    vocab = target.vocab_size
-    calls = _Calls()
-
-    async def rows(call: int, k: int) -> None:
-        await target.score_next_tokens([*base, *junk(base, vocab, call, k + 1)], len(base) + 1)
-
-    # One extra repetition of the decode step warms the engine's paths for one new token.
-    decode = await calls.fastest(repeats + 1, partial(rows, k=0))
-    verify = {k: await calls.fastest(repeats, partial(rows, k=k)) / decode for k in measured_ks(max_k)}
-    return Costs(decode, verify, await measure_drafters(drafters, base, decode, repeats))
+        draft[drafter.name], timed = await calls.ratio(repeats, decode, step)
+        decodes += timed
+    return Costs(statistics.median(decodes), verify, draft)
 
 
 async def remote_decode_seconds(verifier: RemoteVerifier, prompt: Sequence[int], tokens: int) -> float:
@@ -107,17 +117,27 @@ async def remote_decode_seconds(verifier: RemoteVerifier, prompt: Sequence[int],
 
 
 async def calibrate_remote(verifier: RemoteVerifier, drafters: Sequence[ModelDrafter], prompt: Sequence[int],
-                           max_k: int, repeats: int, decode_tokens: int = 8) -> Costs:
+                          max_k: int, repeats: int, decode_tokens: int = 8) -> Costs:
     """c(k) of a remote target: one verification call over one streamed decode step (both as the
-    gateway sees them: network and the server's own overheads included)."""
+    gateway sees them: network and the server's own overheads included). The decode step is
+    timed before and after the verification calls, and their mean is the reference."""
     base = list(prompt)
-    decode = await remote_decode_seconds(verifier, base, decode_tokens)
-
+    before = await remote_decode_seconds(verifier, base, decode_tokens)
     calls = _Calls()
 
     async def call(number: int, k: int) -> None:
         await verifier.verify(base, junk(base, verifier.vocab_size, number, k), GREEDY, purpose="probe")
         verifier.ctx.last_call().used = False
 
-    verify = {k: await calls.fastest(repeats, partial(call, k=k)) / decode for k in measured_ks(max_k)}
-    return Costs(decode, verify, await measure_drafters(drafters, base, decode, repeats))
+    seconds = {k: min([await calls.timed(partial(call, k=k)) for _ in range(repeats)]) for k in measured_ks(max_k)}
+    decode = (before + await remote_decode_seconds(verifier, base, decode_tokens)) / 2
+    draft: dict[str, float] = {}
+    for drafter in drafters:
+        scorer = drafter.scorer
+        await scorer.score_next_tokens(base, len(base))  # prefill, untimed
+
+        async def step(number: int, scorer: TokenScorer = scorer) -> None:
+            await scorer.score_next_tokens([*base, *junk(base, scorer.vocab_size, number, 1)], len(base) + 1)
+
+        draft[drafter.name] = min([await calls.timed(step) for _ in range(repeats)]) / decode
+    return Costs(decode, {k: v / decode for k, v in seconds.items()}, draft)

@@ -2,7 +2,9 @@
 
 Costs are in target decode steps: ``c(k)`` = time to verify k drafts (k + 1 rows in one pass)
 over the time of one decode step, ``d`` = a drafter's time per drafted token over the same
-step (0 for prompt lookup); both measured once per strategy (:mod:`.calibration`). With
+step (0 for prompt lookup); both measured once per strategy (:mod:`.calibration`) and refined
+from every round and every stretch the target decodes alone (the load on a shared machine
+drifts). With
 per-token acceptance ``a`` (the standard i.i.d. model of Leviathan et al.), a round of k
 drafts yields ``E(k) = (1 - a^(k+1)) / (1 - a)`` tokens and costs ``c(k) + k·d`` steps, so its
 speed-up over the target alone is ``S(k) = E(k) / (c(k) + k·d)``. When no drafter and k beats
@@ -120,6 +122,26 @@ class Controller:
         if drafted:
             self.acceptance[drafter].observe(drafted, accepted)
 
+    def observe_round(self, drafter: str, k: int, draft_seconds: float, verify_seconds: float) -> None:
+        """Refine c(k) and d from a round as run (relative to the current decode-step estimate)."""
+        costs = self.costs
+        if costs is None or k <= 0:
+            return
+        before = costs.c(k)
+        after = _blend(before, verify_seconds / costs.decode_seconds)
+        # What slowed (or sped up) verifying k drafts — load, a longer context — acts on every k:
+        # the whole curve's cost above one step is scaled alike, and c(k) lands on the blend.
+        scale = (after - 1.0) / (before - 1.0) if before > 1.0 and after > 1.0 else 1.0
+        costs.verify = {j: 1.0 + (c - 1.0) * scale for j, c in costs.verify.items()}
+        costs.verify[k] = after
+        if drafter in costs.draft:
+            costs.draft[drafter] = _blend(costs.draft[drafter], draft_seconds / k / costs.decode_seconds)
+
+    def observe_alone(self, tokens: int, seconds: float) -> None:
+        """Refine the decode step from tokens the target decoded alone (its own loop's pace)."""
+        if self.costs is not None and tokens > 0:
+            self.costs.decode_seconds = _blend(self.costs.decode_seconds, seconds / tokens)
+
     def choose(self, options: Sequence[tuple[str, int]], remaining: int, since_speculation: int) -> Choice:
         """``options``: (drafter, how many tokens it can propose now). ``remaining``: output
         tokens still allowed (a round yields up to k + 1, so more than remaining - 1 drafts is waste)."""
@@ -162,6 +184,13 @@ class Controller:
             k, bound = self.costs.best(name, alpha, self.max_k)
             out[name] = {"alpha": round(alpha, 4), "k": k if bound > 1.0 else 0, "speedup": round(max(bound, 1.0), 4)}
         return out
+
+
+COST_WEIGHT = 0.2  # a new observation's share in the running cost estimates (~5 rounds of memory)
+
+
+def _blend(previous: float, observed: float) -> float:
+    return previous * (1 - COST_WEIGHT) + observed * COST_WEIGHT
 
 
 def run_acceptance(accepted: int, rejections: int) -> float:

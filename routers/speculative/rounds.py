@@ -50,16 +50,20 @@ async def speculative_rounds(
         if choice.drafter is None and choice.loses and verifier.alone_mode == "ids":
             # Until the next probe: the target's own generation loop, one call for the stretch.
             stretch = max(controller.settings.probe_interval - generation.since_speculation, 1)
+            before, started = generation.generated, time.perf_counter()
             async for step in _alone_stretch(generation, verifier, min(stretch, remaining), rng):
                 yield step
                 if step.finish:
                     return
+            controller.observe_alone(generation.generated - before, time.perf_counter() - started)
             continue
         if choice.drafter is None:
             started = time.perf_counter()
             rows = await verifier.verify(sequence, [], decoding)
             step = generation.commit([_pick(rows, generation, rng)])
-            generation.account_alone(len(step.tokens), time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            generation.account_alone(len(step.tokens), seconds)
+            controller.observe_alone(1, seconds)
         else:
             drafter = by_name[choice.drafter]
             proposal = await drafter.propose(sequence, choice.k, decoding, rng)
@@ -73,6 +77,7 @@ async def speculative_rounds(
                 assert rows.probs is not None
                 verdict = rejection_verdict(drafts, proposal.probs, rows.probs, rng)
             controller.observe(drafter.name, len(drafts), verdict.accepted)
+            controller.observe_round(drafter.name, len(drafts), proposal.seconds, verify_seconds)
             steps = costs.c(len(drafts)) + len(drafts) * costs.d(drafter.name)
             generation.account_round(drafter.name, len(drafts), verdict.accepted, proposal.seconds, verify_seconds,
                                      steps, choice.probe)

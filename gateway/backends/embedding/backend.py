@@ -103,8 +103,16 @@ class LocalEmbeddingBackend(Backend):
     async def _loaded(self) -> _Model:
         async with self._lock:
             if self._model is None:
-                directory = model_directory(self.config.model)
-                self._model = await asyncio.to_thread(_Model, directory, self.config.threads or 1)
+                try:
+                    directory = model_directory(self.config.model)
+                    self._model = await asyncio.to_thread(_Model, directory, self.config.threads or 1)
+                except ImportError as exc:
+                    # torch, transformers and the bundled weights are the `transformers` extra, which the
+                    # container image leaves out: say so with a 503, not an internal error.
+                    raise UpstreamUnavailableError(
+                        f"backend {self.name} needs the `transformers` extra "
+                        f"(pip install 'slm-gateway[transformers]'): {exc.name or exc} is not installed"
+                    ) from exc
                 logger.info("backend %s: %s loaded (%d dimensions)", self.name, self.model_name,
                             self._model.dimensions)
             return self._model

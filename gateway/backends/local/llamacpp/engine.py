@@ -171,9 +171,15 @@ class LlamaCppEngine(Engine):
     # --- worker thread --------------------------------------------------------------------
 
     def _run(self) -> None:
-        while self._admit():
-            if self._jobs:
-                self._step()
+        while True:
+            try:
+                if not self._admit():
+                    break
+                if self._jobs:
+                    self._step()
+            except Exception as exc:  # a bug or a C-layer failure fails the work in hand, not the engine
+                logger.exception("llama.cpp engine step failed")
+                self._fail_all(str(exc))
         for job in self._jobs:
             job.finish_cancelled()
         for request in self._waiting:
@@ -320,6 +326,18 @@ class LlamaCppEngine(Engine):
         stats.max_step_tokens = max(stats.max_step_tokens, len(tokens))
         if self.record_steps:
             stats.history.append(len(tokens))
+
+    def _fail_all(self, message: str) -> None:
+        for job in self._jobs:
+            job.fail(message)
+            job.slot.busy, job.slot.reserved = False, 0
+        self._jobs.clear()
+        for request in self._waiting:
+            _finish_unstarted(request, "error", message)
+        self._waiting.clear()
+        for slot in self._slots.slots:  # what the KV holds is unknown now: start from empty
+            slot.tokens.clear()
+        self._ctx.clear()
 
     def _release(self, job: Job) -> None:
         if job in self._jobs:
