@@ -77,7 +77,8 @@ class AdaptiveSettings(StrictModel):
 
     # Speculate only when the best expected speed-up is at least this (else the target alone).
     margin: float = Field(1.05, ge=1.0, le=4.0)
-    # While the target decodes alone, try one speculative round again after this many tokens.
+    # While the target decodes alone, try one speculative round again after this many tokens
+    # (doubled after each probe that still loses, up to 8x; reset when a round pays).
     probe_interval: int = Field(32, ge=1)
     # Weight kept by the acceptance estimate per round (decayed counts; lower adapts faster).
     decay: float = Field(0.9, gt=0.0, lt=1.0)

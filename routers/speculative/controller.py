@@ -9,7 +9,9 @@ per-token acceptance ``a`` (the standard i.i.d. model of Leviathan et al.), a ro
 drafts yields ``E(k) = (1 - a^(k+1)) / (1 - a)`` tokens and costs ``c(k) + k·d`` steps, so its
 speed-up over the target alone is ``S(k) = E(k) / (c(k) + k·d)``. When no drafter and k beats
 ``margin``, the target decodes alone (k = 0) and speculation is tried again after
-``probe_interval`` tokens, so a drafter that got better (or a prompt that repeats) is noticed.
+``probe_interval`` tokens, so a drafter that got better (or a prompt that repeats) is noticed;
+each probe that still finds speculation losing doubles that interval (up to 8x), and the first
+round that pays resets it — where speculation cannot pay, probing costs next to nothing.
 
 ``a`` is estimated per drafter from decayed counts of kept drafts and rejections (each round
 ends in at most one rejection): the estimate of a geometric acceptance run, adapting to the
@@ -113,6 +115,7 @@ class Controller:
         self.max_k = max_k
         self.fixed_k = fixed_k
         self.costs: Costs | None = None
+        self.probe_interval = settings.probe_interval  # grows while probes keep losing
         self.acceptance = {name: Acceptance(settings.prior_acceptance, settings.decay) for name in drafters}
 
     def alpha(self, drafter: str) -> float:
@@ -162,8 +165,10 @@ class Controller:
         scored = [(name, *costs.best(name, self.alpha(name), limit)) for name, limit in available]
         name, k, value = max(scored, key=lambda item: item[2])
         if value >= self.settings.margin:
+            self.probe_interval = self.settings.probe_interval
             return Choice(name, k, value)
-        if since_speculation >= self.settings.probe_interval:
+        if since_speculation >= self.probe_interval:
+            self.probe_interval = min(2 * self.probe_interval, 8 * self.settings.probe_interval)
             return Choice(name, k, value, probe=True)
         return Choice(None, 0, 1.0, loses=True)
 

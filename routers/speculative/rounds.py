@@ -49,7 +49,7 @@ async def speculative_rounds(
             return
         if choice.drafter is None and choice.loses and verifier.alone_mode == "ids":
             # Until the next probe: the target's own generation loop, one call for the stretch.
-            stretch = max(controller.settings.probe_interval - generation.since_speculation, 1)
+            stretch = max(controller.probe_interval - generation.since_speculation, 1)
             before, started = generation.generated, time.perf_counter()
             async for step in _alone_stretch(generation, verifier, min(stretch, remaining), rng):
                 yield step
@@ -95,25 +95,27 @@ async def _alone_stretch(generation: Generation, verifier: Verifier, tokens: int
     decoding = generation.decoding
     if not decoding.greedy:  # the target samples with its own generator: seed it from ours
         decoding = replace(decoding, seed=int(rng.integers(1 << 31)))
-    committed = 0
+    committed, ended = 0, False
+    last: Round | None = None
     events = verifier.alone(generation.sequence, tokens, decoding, ())
     try:
         async for event in events:
             if isinstance(event, TokenChunk) and event.token_ids:
                 step = generation.commit(event.token_ids)
                 committed += len(step.tokens)
-                if step.tokens or step.finish:
-                    yield step
                 if step.finish:
+                    last = step
                     break
+                if step.tokens:
+                    yield step
             elif isinstance(event, GenerationDone) and event.finish_reason != "length" and committed < tokens:
-                # The target ended its answer (EOS) within the stretch.
-                generation.account_alone(committed, time.perf_counter() - started, passes=committed + 1)
-                yield Round([], "stop")
-                return
-    finally:
+                last, ended = Round([], "stop"), True  # the target ended its answer (EOS) within the stretch
+                break
+    finally:  # accounted even when the consumer stops early (a stop string, a client gone)
         await events.aclose()
-    generation.account_alone(committed, time.perf_counter() - started, passes=committed)
+        generation.account_alone(committed, time.perf_counter() - started, passes=committed + int(ended))
+    if last is not None:
+        yield last
 
 
 async def _hand_off(generation: Generation, verifier: Verifier, stop: tuple[str, ...]
