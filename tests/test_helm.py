@@ -166,6 +166,16 @@ def test_service_monitor_scrapes_the_gateway_metrics_port(chart: Any) -> None:
     assert selector.items() <= service["metadata"]["labels"].items()
     redis_service = only(docs, "Service", f"{FULLNAME}-redis")
     assert not selector.items() <= redis_service["metadata"]["labels"].items()
+    assert "authorization" not in endpoint  # auth off: /metrics is open
+
+
+def test_service_monitor_sends_the_admin_key_when_auth_is_on(chart: Any) -> None:
+    # With an admin key the gateway answers /metrics with 401 to anyone without it.
+    values = {**VALUE_SETS["servicemonitor"], "secrets": {"existingSecret": "gateway-keys"}}
+    (endpoint,) = only(render(chart, values), "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "gateway-keys", "key": "admin-key"},
+    }
 
 
 def test_services_select_their_pods(chart: Any) -> None:

@@ -40,7 +40,8 @@ SMOLLM2_AGREE = ["Write a Python function that reverses a string.", "What is a p
 SMOLLM2_NEAR_TIES = ["What is the capital of France?", "List three colours.", "Say hello."]
 CODER_AGREE = ["Write a Python function that checks whether a number is prime.",
                "Write a Python function that returns the factorial of n.",
-               "Explain what a Python list comprehension is, with an example."]
+               "Write a Python function that reverses a linked list."]
+CODER_NEAR_TIES = ["Explain what a Python list comprehension is, with an example."]
 
 
 @dataclass
@@ -76,7 +77,7 @@ async def _runs(engine: str, model: str, prompts: list[str]) -> dict[str, Run]:
 MODELS = [
     pytest.param("smollm2", SMOLLM2_AGREE, SMOLLM2_NEAR_TIES, True, id="smollm2"),
     # Qwen's 271 padding ids render as b"" in llama.cpp and "[PAD…]" in transformers: the hashes differ.
-    pytest.param(str(coder_gguf("1.5b")), CODER_AGREE, [], False, id="coder-1.5b", marks=[
+    pytest.param(str(coder_gguf("1.5b")), CODER_AGREE, CODER_NEAR_TIES, False, id="coder-1.5b", marks=[
         pytest.mark.slow,
         pytest.mark.skipif(not coder_gguf("1.5b").exists(),
                            reason="Qwen2.5-Coder-1.5B GGUF not in SLM_GATEWAY_MODELS (~/.cache/slm-gateway/models)"),

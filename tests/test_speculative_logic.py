@@ -319,6 +319,8 @@ def test_controller_switches_speculation_off_when_costs_say_it_loses() -> None:
     assert controller.choose([("small", 8), ("ngram", 3)], 100, 0).drafter is None
     probe = controller.choose([("small", 8), ("ngram", 3)], 100, 16)  # after probe_interval tokens: try again
     assert probe.probe and probe.drafter is not None and probe.k >= 1
+    assert controller.choose([("small", 8)], 100, 16).drafter is None  # a losing probe backs off: 32 now
+    assert controller.choose([("small", 8)], 100, 32).probe
     # Memory-bound (verify(k) ~ one step) with good acceptance: speculate with long drafts.
     controller.costs = Costs(0.04, {1: 1.02, 2: 1.04, 4: 1.08, 8: 1.16}, {"small": 0.05})
     for _ in range(20):
