@@ -228,8 +228,10 @@ def spec_setups(mode: str, max_k: int) -> list[Setup]:
     ngram = {"ngram": {"max_n": 3, "min_n": 1, "k": max_k}}
     small = {"backend": "draft"}
     common: dict[str, Any] = {"max_k": max_k}
-    fixed_ngram = Setup("n-gram, fixed k=8", {"draft": ngram, "k": min(8, max_k), "adaptive_k": False, **common})
-    fixed_small = Setup("0.5B draft, fixed k=4", {"draft": small, "k": min(4, max_k), "adaptive_k": False, **common})
+    k_ngram, k_small = min(8, max_k), min(4, max_k)
+    fixed_ngram = Setup(f"n-gram, fixed k={k_ngram}", {"draft": ngram, "k": k_ngram, "adaptive_k": False, **common})
+    fixed_small = Setup(f"0.5B draft, fixed k={k_small}", {"draft": small, "k": k_small, "adaptive_k": False,
+                                                           **common})
     both = Setup("n-gram + 0.5B, adaptive", {"draft": [ngram, small], **common})
     if mode == "remote":  # remote verification needs a model drafter (its tokenizer makes the ids)
         return [Setup("0.5B draft, adaptive", {"draft": small, **common}), both, fixed_small]

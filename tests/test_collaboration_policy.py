@@ -42,7 +42,7 @@ def test_code_example_resolves_the_pair_from_the_models_directory(monkeypatch: p
     assert {"small", "large", "cascade", "speculative"} <= set(policy.models)
     cascade = policy.models["cascade"]
     assert isinstance(cascade, CascadeStrategy) and cascade.tiers[0].structural == "python"
-    assert cascade.tiers[0].scorer.startswith("code_") and cascade.tiers[0].calibration is not None
+    assert cascade.tiers[0].calibration is not None and cascade.tiers[0].threshold is not None
     monkeypatch.setenv("SLM_GATEWAY_MODELS", str(tmp_path))
     for backend in ("small", "large"):
         model = str(getattr(policy.backends[backend], "model", ""))

@@ -338,7 +338,7 @@ def test_costs_follow_what_the_rounds_measure() -> None:
         controller.observe("small", 4, 3)
     assert controller.choose([("small", 4)], 100, 0).drafter == "small"
     for _ in range(15):  # rounds now take 5 decode steps to verify 4 drafts
-        controller.observe_round("small", 4, 4 * 0.005, 5 * 0.05)
+        controller.observe_round("small", 4, 0.005, 5 * 0.05)
         controller.observe_alone(8, 8 * 0.05)
     assert controller.costs.c(4) == pytest.approx(5.0, rel=0.05)
     assert controller.choose([("small", 4)], 100, 0).drafter is None

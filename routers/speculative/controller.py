@@ -125,8 +125,9 @@ class Controller:
         if drafted:
             self.acceptance[drafter].observe(drafted, accepted)
 
-    def observe_round(self, drafter: str, k: int, draft_seconds: float, verify_seconds: float) -> None:
-        """Refine c(k) and d from a round as run (relative to the current decode-step estimate)."""
+    def observe_round(self, drafter: str, k: int, draft_step_seconds: float | None, verify_seconds: float) -> None:
+        """Refine c(k) and d from a round as run (relative to the current decode-step estimate);
+        ``draft_step_seconds``: one draft call's time, when the round measured one."""
         costs = self.costs
         if costs is None or k <= 0:
             return
@@ -137,8 +138,8 @@ class Controller:
         scale = (after - 1.0) / (before - 1.0) if before > 1.0 and after > 1.0 else 1.0
         costs.verify = {j: 1.0 + (c - 1.0) * scale for j, c in costs.verify.items()}
         costs.verify[k] = after
-        if drafter in costs.draft:
-            costs.draft[drafter] = _blend(costs.draft[drafter], draft_seconds / k / costs.decode_seconds)
+        if drafter in costs.draft and draft_step_seconds is not None:
+            costs.draft[drafter] = _blend(costs.draft[drafter], draft_step_seconds / costs.decode_seconds)
 
     def observe_alone(self, tokens: int, seconds: float) -> None:
         """Refine the decode step from tokens the target decoded alone (its own loop's pace)."""

@@ -27,6 +27,9 @@ class Proposal:
     tokens: list[int]
     probs: FloatArray | None  # (k, V): the q each draft was sampled from; None = point masses
     seconds: float
+    # Mean time of the draft calls after the first (the first also catches up on the tokens the
+    # target committed since the draft last saw the sequence); None when there was one call.
+    step_seconds: float | None = None
 
 
 class Drafter(ABC):
@@ -85,8 +88,10 @@ class ModelDrafter(Drafter):
         context = list(sequence)
         drafts: list[int] = []
         rows: list[FloatArray] = []
+        first_done: float | None = None
         for _ in range(k):
             scores = await self.scorer.score_next_tokens(context, len(context), want_logits=not decoding.greedy)
+            first_done = first_done or time.perf_counter()
             if decoding.greedy:
                 token = int(scores.argmax[-1])
             else:
@@ -98,4 +103,6 @@ class ModelDrafter(Drafter):
             if token in self.scorer.eos_token_ids:
                 break  # nothing follows the end of the answer
         probs = np.stack(rows) if rows else None
-        return Proposal(drafts, probs, time.perf_counter() - started)
+        ended = time.perf_counter()
+        step = (ended - first_done) / (len(drafts) - 1) if first_done is not None and len(drafts) > 1 else None
+        return Proposal(drafts, probs, ended - started, step)

@@ -77,7 +77,7 @@ async def speculative_rounds(
                 assert rows.probs is not None
                 verdict = rejection_verdict(drafts, proposal.probs, rows.probs, rng)
             controller.observe(drafter.name, len(drafts), verdict.accepted)
-            controller.observe_round(drafter.name, len(drafts), proposal.seconds, verify_seconds)
+            controller.observe_round(drafter.name, len(drafts), proposal.step_seconds, verify_seconds)
             steps = costs.c(len(drafts)) + len(drafts) * costs.d(drafter.name)
             generation.account_round(drafter.name, len(drafts), verdict.accepted, proposal.seconds, verify_seconds,
                                      steps, choice.probe)

@@ -23,6 +23,7 @@ _C: Any = llama_cpp  # the bindings, seen as untyped: this module gives them typ
 # ggml.h type ids of the KV cache element types offered (q8_0: about half of f16's memory).
 KV_TYPES = {"f16": 1, "q8_0": 8}
 _FLASH_ATTENTION_ON = 1
+_LOAD_MODE_READ = 0  # llama.h LLAMA_LOAD_MODE_NONE: plain reads, no mmap
 _DECODE_NO_KV_SLOT = 1
 _GGML_LOG_WARN = 3  # ggml.h: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5
 _GGML_LOG_CONT = 5
@@ -68,6 +69,10 @@ class Model:
         _C.llama_backend_init()
         params = _C.llama_model_default_params()
         params.n_gpu_layers = 0
+        # Read the weights into memory rather than mmap them: tensors the CPU backend repacks for
+        # its kernels (Q4_K, Q4_0...) would otherwise be resident twice (file pages + repacked
+        # copy: 1.8 GB instead of 1.2 GB for Qwen2.5-Coder-1.5B), and decode measured faster too.
+        params.load_mode = _LOAD_MODE_READ
         handle = _C.llama_model_load_from_file(str(path).encode(), params)
         if not handle:
             raise LlamaError(f"llama.cpp could not load {path}")
