@@ -132,7 +132,9 @@ class Controller:
         if costs is None or k <= 0:
             return
         before = costs.c(k)
-        after = _blend(before, verify_seconds / costs.decode_seconds)
+        # One disturbed call (another request's prefill, a page fault) moves the estimate at most 2x.
+        observed = min(max(verify_seconds / costs.decode_seconds, before / 2), before * 2)
+        after = _blend(before, observed)
         # What slowed (or sped up) verifying k drafts — load, a longer context — acts on every k:
         # the whole curve's cost above one step is scaled alike, and c(k) lands on the blend.
         scale = (after - 1.0) / (before - 1.0) if before > 1.0 and after > 1.0 else 1.0

@@ -43,6 +43,7 @@ async def speculative_rounds(
         sequence = generation.sequence
         options = [(d.name, d.limit(sequence, controller.max_k)) for d in drafters]
         choice = controller.choose(options, remaining, generation.since_speculation)
+        after_alone = generation.since_speculation > 0
         if choice.drafter is None and choice.loses and verifier.alone_mode == "text":
             async for step in _hand_off(generation, verifier, stop):
                 yield step
@@ -77,7 +78,8 @@ async def speculative_rounds(
                 assert rows.probs is not None
                 verdict = rejection_verdict(drafts, proposal.probs, rows.probs, rng)
             controller.observe(drafter.name, len(drafts), verdict.accepted)
-            controller.observe_round(drafter.name, len(drafts), proposal.step_seconds, verify_seconds)
+            if not after_alone:  # the first pass after the target decoded alone also catches up
+                controller.observe_round(drafter.name, len(drafts), proposal.step_seconds, verify_seconds)
             steps = costs.c(len(drafts)) + len(drafts) * costs.d(drafter.name)
             generation.account_round(drafter.name, len(drafts), verdict.accepted, proposal.seconds, verify_seconds,
                                      steps, choice.probe)
