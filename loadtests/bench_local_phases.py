@@ -132,8 +132,24 @@ def _random_prompt(rng: random.Random, length: int) -> list[int]:
     return [rng.randrange(100, 40000) for _ in range(length)]  # fresh tokens: no cached prefix
 
 
+def step_costs(rounds: int) -> dict[str, float]:
+    """The hardware's bound on batching: one decode step of 4 sequences vs of 1 (ms, medians)."""
+    from gateway.backends.local.llamacpp.engine import LlamaCppEngine, LlamaCppOptions
+    from gateway.backends.local.source import smollm2_gguf
+
+    engine = LlamaCppEngine(smollm2_gguf(), LlamaCppOptions(kv_tokens=8192, max_running=8, cache_slots=8,
+                                                           prefill_chunk=256, threads=1))
+    try:
+        one = [engine.time_decode(1, steps=20, rows=1) for _ in range(rounds)]
+        four = [engine.time_decode(1, steps=20, rows=4) for _ in range(rounds)]
+    finally:
+        engine.stop()
+    return {"step1_ms": statistics.median(one) * 1e3, "step4_ms": statistics.median(four) * 1e3}
+
+
 async def serving(tokens: int, rounds: int) -> dict[str, Any]:
     load_before = _load()
+    costs = step_costs(rounds)
     backend = await _backend("llamacpp", "smollm2")  # the default context (8192)
     rng = random.Random(16)
 
@@ -176,7 +192,7 @@ async def serving(tokens: int, rounds: int) -> dict[str, Any]:
         figures["ttft_loaded"].append(await ttft(3))
     await backend.close()
     return {"figures": figures, "median": {k: statistics.median(v) for k, v in figures.items()},
-            "load": [load_before, _load()]}
+            "step_costs": costs, "load": [load_before, _load()]}
 
 
 async def cold(model: str) -> dict[str, Any]:

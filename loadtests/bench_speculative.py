@@ -38,7 +38,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.core.backend import Backend, ChatMessage, CompletionPrompt, SamplingParams, TokenChunk, TokenScorer
+from gateway.core.backend import (
+    Backend,
+    ChatMessage,
+    CompletionPrompt,
+    GenerationDone,
+    SamplingParams,
+    TokenChunk,
+    TokenScorer,
+)
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import GatewayResources, RequestContext
 from loadtests.bench_report import machine_line, write_section
@@ -48,6 +56,7 @@ from loadtests.speculative_models import (
     ModelledScorer,
     agreement,
     remote_target,
+    text_agreement,
 )
 from routers.speculative.controller import Costs, run_acceptance
 
@@ -69,6 +78,11 @@ class Run:
     seconds: float
     stats: dict[str, Any] | None = None
     agreement: Agreement | None = None
+    text: str = ""
+    count: int = 0  # completion tokens (a remote stream carries text, not ids)
+
+    def __post_init__(self) -> None:
+        self.count = self.count or len(self.tokens)
 
 
 @dataclass
@@ -86,12 +100,17 @@ GREEDY = SamplingParams(temperature=0.0)
 async def alone_stream(backend: Backend, ids: list[int], max_tokens: int) -> Run:
     """The target alone: the backend's own generation."""
     tokens: list[int] = []
+    texts: list[str] = []
+    count = 0
     started = time.perf_counter()
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     async for event in backend.stream_completion(CompletionPrompt(token_ids=ids), params):
         if isinstance(event, TokenChunk):
             tokens += event.token_ids
-    return Run(tokens, time.perf_counter() - started)
+            texts.append(event.text)
+        elif isinstance(event, GenerationDone):
+            count = event.completion_tokens
+    return Run(tokens, time.perf_counter() - started, text="".join(texts), count=count)
 
 
 async def alone_scorer(scorer: TokenScorer, ids: list[int], max_tokens: int) -> Run:
@@ -110,13 +129,16 @@ async def alone_scorer(scorer: TokenScorer, ids: list[int], max_tokens: int) -> 
 async def speculative_run(strategy: Any, ids: list[int], max_tokens: int) -> Run:
     record = RequestRecord("bench", "spec", "/v1/completions", stream=False)
     tokens: list[int] = []
+    texts: list[str] = []
     started = time.perf_counter()
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
     async for event in strategy.completion(CompletionPrompt(token_ids=ids), params,
                                            RequestContext(record, strategy.resources)):
         if isinstance(event, TokenChunk):
             tokens += event.token_ids
-    return Run(tokens, time.perf_counter() - started, record.extra["speculative"])
+            texts.append(event.text)
+    stats = record.extra["speculative"]
+    return Run(tokens, time.perf_counter() - started, stats, text="".join(texts), count=stats["emitted"])
 
 
 def build(setup: Setup, backends: dict[str, Backend]) -> Any:
@@ -153,7 +175,7 @@ def _drafts(draft: Any) -> list[dict[str, Any]]:
 
 
 def table(setups: list[Setup], alone: list[Run], max_k: int) -> tuple[list[str], list[str]]:
-    base_tokens, base_seconds = sum(len(r.tokens) for r in alone), sum(r.seconds for r in alone)
+    base_tokens, base_seconds = sum(r.count for r in alone), sum(r.seconds for r in alone)
     base_rate = base_tokens / base_seconds
     rows = ["| setup | tokens/s | vs alone (all) | worst prompt | identical | acceptance | target passes / token "
             "| roofline | reached / roofline |", "|---|---|---|---|---|---|---|---|---|",
@@ -162,9 +184,9 @@ def table(setups: list[Setup], alone: list[Run], max_k: int) -> tuple[list[str],
     alphas = pooled_acceptance(setups)
     for setup in setups:
         runs = setup.runs
-        tokens, seconds = sum(len(r.tokens) for r in runs), sum(r.seconds for r in runs)
+        tokens, seconds = sum(r.count for r in runs), sum(r.seconds for r in runs)
         ratio = tokens / seconds / base_rate
-        worst = min((len(r.tokens) / r.seconds) / (len(a.tokens) / a.seconds) for r, a in zip(runs, alone, strict=True))
+        worst = min((r.count / r.seconds) / (a.count / a.seconds) for r, a in zip(runs, alone, strict=True))
         agreements = [r.agreement for r in runs if r.agreement is not None]
         same = sum(a.identical for a in agreements)
         ties = sum(a.tie for a in agreements)
@@ -273,29 +295,41 @@ async def run(args: argparse.Namespace) -> str:
             first = await speculative_run(setup.strategy, ids_of[0], 4)
             setup.calibration_seconds = first.stats["calibration_seconds"] if first.stats else 0.0
         alone: list[Run] = []
+        noise: list[float] = []  # per prompt: time of the second alone run over the first
         for i, ids in enumerate(ids_of):
             await warm(backends, ids)
             runs: dict[str, Run] = {}
-            order = ["alone", *[s.name for s in setups]]
-            for name in order if i % 2 == 0 else order[::-1]:  # alternate: drift hits both sides alike
-                if name == "alone":
+            # The target alone at both ends, the order alternating per prompt: drift hits every setup
+            # alike, and the two alone runs of the same work show the noise floor.
+            order = ["alone", *[s.name for s in setups], "alone again"]
+            for name in order if i % 2 == 0 else order[::-1]:
+                if name.startswith("alone"):
                     runs[name] = await (alone_scorer(target_scorer, ids, args.max_tokens) if args.mode == "cost-model"
                                         else alone_stream(backends["target"], ids, args.max_tokens))
                 else:
                     setup = next(s for s in setups if s.name == name)
                     runs[name] = await speculative_run(setup.strategy, ids, args.max_tokens)
+            again = runs.pop("alone again")
+            noise.append(again.seconds / runs["alone"].seconds)
+            runs["alone"].seconds = (runs["alone"].seconds + again.seconds) / 2  # the baseline: their mean
             alone.append(runs["alone"])
             for setup in setups:
                 result = runs[setup.name]
-                result.agreement = await agreement(target_scorer if args.mode != "remote" else draft_scorer,
-                                                   ids, result.tokens, runs["alone"].tokens)
+                if args.mode == "remote":  # text: a remote hand-off streams no ids (no logits here either)
+                    result.agreement = text_agreement(result.text, runs["alone"].text)
+                else:
+                    result.agreement = await agreement(target_scorer, ids, result.tokens, runs["alone"].tokens)
                 setup.runs.append(result)
-            print(f"prompt {i}: alone {len(runs['alone'].tokens)} tokens {runs['alone'].seconds:.1f}s; "
+            print(f"prompt {i}: alone {runs['alone'].count} tokens {runs['alone'].seconds:.1f}s; "
                   + "; ".join(f"{s.name} {runs[s.name].seconds:.1f}s {_cell(runs[s.name].agreement)}"
                               for s in setups), flush=True)
         rows, notes = table(setups, alone, args.max_k)
+        notes.insert(0, f"- noise floor: the target alone run twice per prompt (same work) took {min(noise):.2f}x to "
+                        f"{max(noise):.2f}x as long the second time (median {float(np.median(noise)):.2f}x); the "
+                        "baseline is the mean of the two")
         if args.mode == "cost-model" and isinstance(target_scorer, ModelledScorer):
-            notes.append(f"- modelled calls that took longer than their model (prefills): {target_scorer.overruns}")
+            notes.append("- modelled target calls that took longer than their model (prefills, catch-ups): "
+                         f"{target_scorer.overruns}")
         return "\n".join([*rows, "", *notes, "", note]).rstrip()
     finally:
         for backend in (target, draft):

@@ -55,6 +55,14 @@ async def agreement(scorer: TokenScorer, prompt: Sequence[int], out: Sequence[in
     return Agreement(False, i, abs(float(row[out[i]]) - float(row[ref[i]])))
 
 
+def text_agreement(out: str, ref: str) -> Agreement:
+    """Equal texts, or the first differing character (no logits to tell a tie)."""
+    if out == ref:
+        return Agreement(True)
+    return Agreement(False, next((i for i, (a, b) in enumerate(zip(out, ref, strict=False)) if a != b),
+                                 min(len(out), len(ref))), float("inf"))
+
+
 class ModelledScorer(TokenScorer):
     """A real scorer whose calls last as long as a memory-bound model's would: rows decoded in
     one pass cost ``step * (1 + slope * (rows - 1))``; the call sleeps for what the real work

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from datetime import UTC, datetime
@@ -15,6 +16,17 @@ DEFAULT_SPAN_S = 3600.0
 
 def parse_time(value: str | float | datetime | None, *, now: float, param: str) -> float | None:
     """Epoch seconds for ``value``: a relative span counts back from ``now``."""
+    moment = _parse(value, now=now, param=param)
+    # float() accepts "nan" and "inf", and a span can overflow: neither is a point in time.
+    if moment is not None and not (math.isfinite(moment) and abs(moment) < _MAX_EPOCH_S):
+        raise InvalidRequestError(f"{param} is not a time the gateway can query: {value!r}", param=param)
+    return moment
+
+
+_MAX_EPOCH_S = 253_402_300_800.0  # 10000-01-01: beyond any record, and inside what int() and datetime take
+
+
+def _parse(value: str | float | datetime | None, *, now: float, param: str) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):

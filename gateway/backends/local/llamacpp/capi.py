@@ -18,7 +18,7 @@ import llama_cpp
 import numpy as np
 import numpy.typing as npt
 
-from gateway.backends.local.llamacpp.hugepages import advise_huge_pages, anonymous_regions
+from gateway.backends.local.llamacpp.hugepages import advise_huge_pages_soon, anonymous_regions
 
 _C: Any = llama_cpp  # the bindings, seen as untyped: this module gives them types
 
@@ -78,7 +78,7 @@ class Model:
         handle = _C.llama_model_load_from_file(str(path).encode(), params)
         if not handle:
             raise LlamaError(f"llama.cpp could not load {path}")
-        advise_huge_pages(anonymous_regions() - before)
+        advise_huge_pages_soon(anonymous_regions() - before)
         self.handle: Any = handle
         self.vocab: Any = _C.llama_model_get_vocab(handle)
         self.n_vocab: int = int(_C.llama_vocab_n_tokens(self.vocab))
@@ -155,7 +155,7 @@ class Context:
         handle = _C.llama_init_from_model(model.handle, params)
         if not handle:
             raise LlamaError(f"llama.cpp could not create a context of {options.n_ctx} tokens")
-        advise_huge_pages(anonymous_regions() - before)  # the KV pool is read at every step too
+        advise_huge_pages_soon(anonymous_regions() - before)  # the KV pool is read at every step too
         self.handle: Any = handle
         self.model = model
         self.n_ctx: int = int(_C.llama_n_ctx(handle))

@@ -149,19 +149,22 @@ class LlamaCppEngine(Engine):
 
     # --- start-up measurement (before the worker thread runs) ---------------------------
 
-    def time_decode(self, threads: int, steps: int = 6) -> float:
-        """Seconds per single-sequence decode step at ``threads`` (scratch sequence, then dropped)."""
-        seq = self._slots.slots[-1].seq_id
+    def time_decode(self, threads: int, steps: int = 6, rows: int = 1) -> float:
+        """Seconds per decode step of ``rows`` sequences at ``threads`` (scratch sequences, then
+        dropped). Only before :meth:`start`: the worker thread owns the context afterwards."""
+        seqs = [slot.seq_id for slot in self._slots.slots[-rows:]]
         self._ctx.set_threads(threads)
         token = self._model.bos_id if self._model.bos_id >= 0 else 0
         try:
-            self._ctx.decode([token] * 8, list(range(8)), [seq] * 8, [False] * 7 + [True])
+            for seq in seqs:
+                self._ctx.decode([token] * 8, list(range(8)), [seq] * 8, [False] * 7 + [True])
             started = time.perf_counter()
             for position in range(8, 8 + steps):
-                self._ctx.decode([token], [position], [seq], [True])
+                self._ctx.decode([token] * rows, [position] * rows, seqs, [True] * rows)
             return (time.perf_counter() - started) / steps
         finally:
-            self._ctx.seq_rm(seq, 0, -1)
+            for seq in seqs:
+                self._ctx.seq_rm(seq, 0, -1)
             self._ctx.set_threads(self._threads)
 
     def set_threads(self, threads: int) -> None:
