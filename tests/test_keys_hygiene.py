@@ -20,35 +20,21 @@ import orjson
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.test_keys_support import ADMIN_KEY, admin_headers, serve_asgi
+from tests.test_keys_support import ADMIN_KEY, QuotingUpstream, admin_headers, serve_asgi
 
 SENTINEL = "sk-upstream-SENTINEL-7f3a9c1e5b"
 PROMPT = "my secret plan is PROMPT-MARKER-42"
 
 
-class LeakyUpstream:
+class LeakyUpstream(QuotingUpstream):
     """Answers every generation with an error that quotes the bearer token it was sent."""
 
-    def __init__(self) -> None:
-        self.authorizations: list[str] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
-        self.authorizations.append(authorization)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+    def reply(self, authorization: str, body: bytes) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
         model = orjson.loads(body).get("model") if body else ""
         status = 401 if model == "m401" else 500
         payload = {"error": {"message": f"Incorrect API key provided: {authorization} (upstream {status})",
                              "type": "invalid_request_error", "code": "invalid_api_key"}}
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"x-echo", authorization.encode())]})
-        await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+        return status, payload, [(b"x-echo", authorization.encode())]
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.gateway_process import GatewayProcess
-from tests.test_keys_support import ADMIN_KEY, REDIS_URL, create_key, delete_redis_key, redis_listening, serve_asgi
+from tests.test_keys_support import (
+    ADMIN_KEY,
+    REDIS_URL,
+    QuotingUpstream,
+    create_key,
+    delete_redis_key,
+    redis_listening,
+    serve_asgi,
+)
 
 pytestmark = pytest.mark.skipif(not redis_listening(), reason="no Redis on 127.0.0.1:6379 (.ci/run starts one)")
 
@@ -25,28 +32,14 @@ UPSTREAM_KEY = "sk-upstream-ECHOED-4b1d9e27c3"
 INTERNAL_MODEL = "internal-model-Zq81"
 
 
-class EchoingUpstream:
+class EchoingUpstream(QuotingUpstream):
     """Rejects every generation, quoting the request's Authorization header and body."""
 
-    def __init__(self) -> None:
-        self.authorizations: list[str] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
-        self.authorizations.append(authorization)
-        body, more = b"", True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+    def reply(self, authorization: str, body: bytes) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
         status = 422 if b'"prompt"' in body else 400
         payload = {"error": {"message": f"bad request from {authorization}; you sent {body.decode()}",
                              "type": "invalid_request_error", "param": "messages", "code": "invalid_value"}}
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+        return status, payload, []
 
 
 @pytest.fixture(scope="module")

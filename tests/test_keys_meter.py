@@ -5,7 +5,6 @@ extension of a reservation, refusal before the call, idempotent settlement (jour
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,13 +13,11 @@ import pytest
 from gateway.auth.keys import NANO_PER_USD, KeySpec
 from gateway.auth.limits import BUDGET, BUDGET_BUSY, OK
 from gateway.auth.meter import BudgetMeter
-from gateway.auth.redis_keys import RedisKeyStore
-from gateway.auth.sqlite_keys import SQLiteKeyStore
 from gateway.auth.store import KeyStore
 from gateway.core.backend import ChatMessage, CompletionPrompt
 from gateway.core.errors import RateLimitError
 from policies.schema import Policy
-from tests.test_keys_support import REDIS_URL, redis_listening
+from tests.test_keys_support import open_key_store
 
 CALL = 10_000_000  # nano-dollars: one call to "paid" with max_tokens=10 at $1000 / 1M output tokens
 POLICY = Policy.model_validate({
@@ -35,17 +32,8 @@ PROMPT = [ChatMessage(role="user", content="hi")]
 
 @pytest.fixture(params=["redis", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    if request.param == "sqlite":
-        sqlite_store = SQLiteKeyStore(tmp_path / "keys.sqlite3")
-        yield sqlite_store
-        await sqlite_store.close()
-        return
-    if not redis_listening():
-        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    redis_store = RedisKeyStore(REDIS_URL, prefix=f"test-meter-{uuid.uuid4().hex[:10]}:")
-    yield redis_store
-    await redis_store.delete_all()
-    await redis_store.close()
+    async with open_key_store(request.param, tmp_path, "test-meter") as key_store:
+        yield key_store
 
 
 async def test_extension_is_atomic_against_the_budget(store: KeyStore) -> None:

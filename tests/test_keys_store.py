@@ -22,24 +22,15 @@ from gateway.auth.redis_keys import RedisKeyStore
 from gateway.auth.sqlite_keys import SQLiteKeyStore
 from gateway.auth.store import KeyStore
 from policies.schema import Policy
-from tests.test_keys_support import REDIS_URL, redis_listening
+from tests.test_keys_support import REDIS_URL, open_key_store, redis_listening
 
 RESERVATION = 10_000_000  # nano-dollars: $0.01
 
 
 @pytest.fixture(params=["redis", "sqlite"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    if request.param == "sqlite":
-        sqlite_store = SQLiteKeyStore(tmp_path / "keys.sqlite3")
-        yield sqlite_store
-        await sqlite_store.close()
-        return
-    if not redis_listening():
-        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
-    redis_store = RedisKeyStore(REDIS_URL, prefix=f"test-keys-{uuid.uuid4().hex[:10]}:")
-    yield redis_store
-    await redis_store.delete_all()
-    await redis_store.close()
+    async with open_key_store(request.param, tmp_path, "test-keys") as key_store:
+        yield key_store
 
 
 async def test_fifty_concurrent_reservations_never_overspend(store: KeyStore) -> None:

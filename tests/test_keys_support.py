@@ -6,12 +6,19 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
+import pytest
 import redis
+
+from gateway.auth.redis_keys import RedisKeyStore
+from gateway.auth.sqlite_keys import SQLiteKeyStore
+from gateway.auth.store import KeyStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 ADMIN_KEY = "admin-" + uuid.uuid4().hex
@@ -120,3 +127,47 @@ def fallback_policy(upstream_url: str, dead: str) -> dict[str, Any]:
                    "paid": {"type": "static", "backend": "paid"}},
         "fallbacks": {"primary": ["paid"]},
     }
+
+
+class QuotingUpstream:
+    """An upstream that rejects every generation with an error quoting what it was sent (the
+    bearer token, the body): what a careless provider does, for secret-scrubbing tests.
+    :meth:`reply` decides the status, the error payload and extra headers."""
+
+    def __init__(self) -> None:
+        self.authorizations: list[str] = []
+
+    def reply(self, authorization: str, body: bytes) -> tuple[int, dict[str, Any], list[tuple[bytes, bytes]]]:
+        raise NotImplementedError
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
+        self.authorizations.append(authorization)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        status, payload, headers = self.reply(authorization, body)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), *headers]})
+        await send({"type": "http.response.body", "body": orjson.dumps(payload)})
+
+
+@asynccontextmanager
+async def open_key_store(kind: str, tmp_path: Path, prefix: str) -> AsyncIterator[KeyStore]:
+    """A fresh key store of ``kind`` (``sqlite`` in ``tmp_path``, or ``redis`` under a unique
+    key prefix, deleted afterwards); skips the test when Redis is asked for and not running."""
+    if kind == "sqlite":
+        sqlite_store = SQLiteKeyStore(tmp_path / "keys.sqlite3")
+        yield sqlite_store
+        await sqlite_store.close()
+        return
+    if not redis_listening():
+        pytest.skip("no Redis on 127.0.0.1:6379 (.ci/run starts one)")
+    redis_store = RedisKeyStore(REDIS_URL, prefix=f"{prefix}-{uuid.uuid4().hex[:10]}:")
+    yield redis_store
+    await redis_store.delete_all()
+    await redis_store.close()

@@ -44,11 +44,12 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.accounting.file_lock import try_lock
+
 logger = logging.getLogger(__name__)
 
 RECORD = "record"
 SETTLE = "settle"
-
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
@@ -67,7 +68,6 @@ class Settlement:
     def from_dict(cls, data: dict[str, Any]) -> Settlement:
         return cls(str(data["key_id"]), str(data["reservation_id"]), int(data["cost_nano"]), int(data["tokens"]))
 
-
 @dataclass(slots=True)
 class JournalEntry:
     id: str
@@ -80,7 +80,6 @@ class JournalEntry:
         return orjson.dumps({"op": "add", "id": self.id, "record": self.record,
                              "settle": self.settle.to_dict() if self.settle else None,
                              "duties": sorted(self.duties)}) + b"\n"
-
 
 class Journal:
     def __init__(self, directory: Path, *, fsync: bool = True, max_segment_bytes: int = 16 << 20) -> None:
@@ -111,7 +110,7 @@ class Journal:
         for path in sorted(self.directory.glob("journal-*.jsonl")):
             if path == self._path:
                 continue
-            handle = _try_lock(path)
+            handle = try_lock(path)
             if handle is None:
                 continue  # a live process owns it
             try:
@@ -242,7 +241,6 @@ class Journal:
             raise OSError("the journal is not open")
         return self._file
 
-
 def read_entries(path: Path) -> list[JournalEntry]:
     """The pending entries of one segment, in order (a torn or unreadable line is skipped)."""
     entries: dict[str, JournalEntry] = {}
@@ -261,12 +259,3 @@ def read_entries(path: Path) -> list[JournalEntry]:
                 entries[entry_id].duties.discard(str(item.get("duty")))
     return [entry for entry in entries.values() if entry.duties]
 
-
-def _try_lock(path: Path) -> IO[bytes] | None:
-    handle = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle

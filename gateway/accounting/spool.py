@@ -21,6 +21,8 @@ from typing import IO, Any
 
 import orjson
 
+from gateway.accounting.file_lock import try_lock
+
 logger = logging.getLogger(__name__)
 
 WriteBatch = Callable[[Sequence[Mapping[str, Any]]], Awaitable[int]]
@@ -82,7 +84,7 @@ class Spool:
         for path in self._files():
             if path == self._path:
                 continue
-            orphan = _try_lock(path)
+            orphan = try_lock(path)
             if orphan is None:
                 continue  # a live process owns it
             try:
@@ -103,16 +105,6 @@ class Spool:
             if self._path is not None and self._path.exists() and self._path.stat().st_size == 0:
                 self._path.unlink()
             self._file = None
-
-
-def _try_lock(path: Path) -> IO[bytes] | None:
-    handle = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.close()
-        return None
-    return handle
 
 
 async def _replay_lines(path: Path, write_batch: WriteBatch, batch_size: int) -> int:

@@ -157,8 +157,8 @@ def _get(connection: sqlite3.Connection, column: str, value: str) -> VirtualKey 
     return None if row is None else _row_to_key(row)
 
 
-def _admit(connection: sqlite3.Connection, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> Admission:
-    now = time.time()
+def _usable_key(connection: sqlite3.Connection, key_id: str, now: float) -> VirtualKey | Admission:
+    """The key, or the refusal that ends the call when it is unknown, revoked or expired."""
     key = _get(connection, "id", key_id)
     if key is None:
         return Admission(UNKNOWN)
@@ -166,6 +166,14 @@ def _admit(connection: sqlite3.Connection, key_id: str, reservation_id: str, cos
         return Admission(REVOKED)
     if key.expired(now):
         return Admission(EXPIRED)
+    return key
+
+
+def _admit(connection: sqlite3.Connection, key_id: str, reservation_id: str, cost_nano: int, tokens: int) -> Admission:
+    now = time.time()
+    key = _usable_key(connection, key_id, now)
+    if isinstance(key, Admission):
+        return key
     connection.execute("DELETE FROM reservations WHERE key_id = ? AND lapses_at <= ?", (key_id, now))
     reserved = connection.execute(
         "SELECT COALESCE(SUM(cost_nano), 0) FROM reservations WHERE key_id = ?", (key_id,)
@@ -191,13 +199,9 @@ def _admit(connection: sqlite3.Connection, key_id: str, reservation_id: str, cos
 def _extend(connection: sqlite3.Connection, key_id: str, reservation_id: str, extra_nano: int) -> Admission:
     """Grow one reservation if the budget holds it with every other open one (see redis_keys._EXTEND)."""
     now = time.time()
-    key = _get(connection, "id", key_id)
-    if key is None:
-        return Admission(UNKNOWN)
-    if key.revoked:
-        return Admission(REVOKED)
-    if key.expired(now):
-        return Admission(EXPIRED)
+    key = _usable_key(connection, key_id, now)
+    if isinstance(key, Admission):
+        return key
     connection.execute("DELETE FROM reservations WHERE key_id = ? AND lapses_at <= ? AND id != ?",
                        (key_id, now, reservation_id))
     row = connection.execute("SELECT cost_nano FROM reservations WHERE id = ?", (reservation_id,)).fetchone()

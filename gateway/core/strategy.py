@@ -16,7 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from gateway.core.backend import (
     Backend,
@@ -32,6 +32,9 @@ from gateway.core.backend import (
 from gateway.core.config import Price, StrategyBase
 from gateway.core.errors import GatewayError, InvalidRequestError, error_kind
 from gateway.core.record import CallRecord, RequestRecord
+
+if TYPE_CHECKING:
+    from gateway.core.selfcal import SelfCalibrationStore, ShadowRunner
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,9 @@ class GatewayResources:
     backends: Mapping[str, Backend]
     prices: Mapping[str, Price]
     strategies: dict[str, Strategy[Any]] = field(default_factory=dict)
+    # The self-calibrating cascade's service parts (gateway/core/selfcal.py); None: not offered.
+    shadow: ShadowRunner | None = None
+    selfcal_store: SelfCalibrationStore | None = None
 
     def backend(self, name: str) -> Backend:
         return self.backends[name]
