@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 RECORD = "record"
 SETTLE = "settle"
 
+
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """What the key store must apply for one request: its reservation replaced by the real cost."""
@@ -68,6 +69,7 @@ class Settlement:
     def from_dict(cls, data: dict[str, Any]) -> Settlement:
         return cls(str(data["key_id"]), str(data["reservation_id"]), int(data["cost_nano"]), int(data["tokens"]))
 
+
 @dataclass(slots=True)
 class JournalEntry:
     id: str
@@ -80,6 +82,7 @@ class JournalEntry:
         return orjson.dumps({"op": "add", "id": self.id, "record": self.record,
                              "settle": self.settle.to_dict() if self.settle else None,
                              "duties": sorted(self.duties)}) + b"\n"
+
 
 class Journal:
     def __init__(self, directory: Path, *, fsync: bool = True, max_segment_bytes: int = 16 << 20) -> None:
@@ -241,6 +244,7 @@ class Journal:
             raise OSError("the journal is not open")
         return self._file
 
+
 def read_entries(path: Path) -> list[JournalEntry]:
     """The pending entries of one segment, in order (a torn or unreadable line is skipped)."""
     entries: dict[str, JournalEntry] = {}
@@ -258,4 +262,3 @@ def read_entries(path: Path) -> list[JournalEntry]:
             elif item.get("op") == "done" and entry_id in entries:
                 entries[entry_id].duties.discard(str(item.get("duty")))
     return [entry for entry in entries.values() if entry.duties]
-
