@@ -1,6 +1,8 @@
 """The dashboard in a real browser (Debian's chromium, headless, driven by playwright) against a
 real gateway process that served a known mix: every figure on the page equals the usage API's,
-a request opens to its full record, and the screenshots in docs/img/ come from this run.
+a request opens to its full record, and the screenshots in docs/img/ come from this run
+(written there with ``SLM_GATEWAY_UPDATE_SCREENSHOTS=1``; otherwise into a temporary directory,
+so a test run never changes the checkout).
 
 Set-up: ``apt-get install -y chromium`` (``.ci/run`` does it when missing) and the ``test`` extra
 (playwright). Playwright's own browser download is never used: it drives /usr/bin/chromium.
@@ -8,7 +10,9 @@ Set-up: ``apt-get install -y chromium`` (``.ci/run`` does it when missing) and t
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,8 @@ from tests.observability_support import ADMIN_KEY, MIX, ServedMix, mix_policy, s
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-SCREENSHOTS = REPO / "docs" / "img"
+SCREENSHOTS = (REPO / "docs" / "img" if os.environ.get("SLM_GATEWAY_UPDATE_SCREENSHOTS") == "1"
+               else Path(tempfile.gettempdir()) / "slm-gateway-screenshots")
 TOTAL = len(MIX) + 1  # the mix, and the budgeted key's request
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install -e '.[test]' (playwright)")
