@@ -28,6 +28,7 @@ from gateway.state import AccountingSink, GatewayState, MetricsSink
 from gateway.telemetry.settings import TracingSettings
 
 if TYPE_CHECKING:  # the SDK is imported only when tracing is on
+    from gateway.serving.selfcal_service import SelfCalService
     from gateway.telemetry.export import Tracer
 from policies.loader import load_policy
 
@@ -40,6 +41,12 @@ def _default_accounting(settings: GatewaySettings, stream_maxlen: int) -> Accoun
     reliability = settings.reliability
     return build_accounting(settings.redis_url, settings.data_dir, stream_maxlen, redis_pool=reliability.redis_pool,
                             journal=reliability.journal)
+
+
+def _default_selfcal(settings: GatewaySettings, sink: AccountingSink, metrics: MetricsSink) -> SelfCalService | None:
+    from gateway.serving.selfcal_service import SelfCalService
+
+    return SelfCalService.from_settings(settings, sink, metrics)
 
 
 def _default_metrics() -> MetricsSink:
@@ -62,14 +69,18 @@ def build_app(
         # Before anything can log: no secret this process holds (admin key, upstream API keys,
         # bearer tokens) reaches a log line.
         unscrub = install_log_scrubbing(SecretScrubber.for_policy(policy, settings.admin_key))
-        runtime = await PolicyRuntime.start(policy, threads=settings.threads)
+        # The sink and metrics exist before the policy's strategies: their shadow jobs write through them.
         sink = accounting or _default_accounting(settings, policy.gateway.record_stream_maxlen)
-        await sink.start()
-        state = GatewayState(settings=settings, runtime=runtime, accounting=sink, metrics=metrics or _default_metrics())
+        metrics_sink = metrics or _default_metrics()
         if tracer is not None:
             from gateway.telemetry.export import TracingMetrics
 
-            state.metrics = TracingMetrics(state.metrics, tracer)  # every finished record reaches the tracer
+            metrics_sink = TracingMetrics(metrics_sink, tracer)  # every finished record reaches the tracer
+        selfcal = _default_selfcal(settings, sink, metrics_sink)
+        runtime = await PolicyRuntime.start(policy, threads=settings.threads, wiring=selfcal)
+        await sink.start()
+        state = GatewayState(settings=settings, runtime=runtime, accounting=sink, metrics=metrics_sink,
+                             selfcal=selfcal)
         start_keys(state)
         app.state.gateway = state
         _install_accounting_routes(app, sink)
@@ -83,7 +94,11 @@ def build_app(
         try:
             yield
         finally:
+            drain_started = asyncio.get_running_loop().time()
             await drain(state)
+            if state.selfcal is not None:  # shadow jobs get what is left of the drain window (at least 1 s)
+                left = state.settings.drain_seconds - (asyncio.get_running_loop().time() - drain_started)
+                await state.selfcal.close(grace_s=max(1.0, left))
             await state.runtime.close()
             await stop_keys(state)  # settles reservations still in flight before accounting closes
             if state.response_store is not None:

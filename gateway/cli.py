@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES: tuple[str, ...] = (
     "gateway.accounting.offline.report_cli",
+    "gateway.accounting.offline.selfcal_cli",
     "routers.cascade.offline.cli",
     "routers.learned.offline.cli",
     "gateway.keys_cli",

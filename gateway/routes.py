@@ -92,6 +92,8 @@ def build_router() -> APIRouter:
         if set_circuit_state is not None:  # breaker states are read at scrape time
             for backend, circuit in state.runtime.circuits().items():
                 set_circuit_state(backend, circuit)
+        if state.selfcal is not None:  # the self-calibration gauges are read from the shared store
+            await state.selfcal.refresh_metrics()
         data, content_type = state.metrics.render()
         return Response(data, media_type=content_type)
 

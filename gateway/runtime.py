@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.backends.registry import BackendRegistry
 from gateway.core.backend import Backend
@@ -23,6 +23,12 @@ from policies.schema import BackendConfig, Policy, StrategyConfig
 from routers.registry import StrategyRegistry
 
 logger = logging.getLogger(__name__)
+
+
+class ResourceWiring(Protocol):
+    """Process-wide services a policy load's strategies are offered (the self-calibration service)."""
+
+    def wire(self, policy: Policy, resources: GatewayResources) -> None: ...
 
 
 def build_backend(name: str, config: BackendConfig, registry: BackendRegistry | None = None) -> Backend:
@@ -44,10 +50,12 @@ class PolicyRuntime:
 
     @classmethod
     async def start(
-        cls, policy: Policy, reuse: PolicyRuntime | None = None, *, threads: int | None = None
+        cls, policy: Policy, reuse: PolicyRuntime | None = None, *, threads: int | None = None,
+        wiring: ResourceWiring | None = None,
     ) -> PolicyRuntime:
         """Build and start everything ``policy`` declares; ``threads`` is the process's thread
-        setting for in-process models (``SLM_GATEWAY_THREADS``), None to let each measure."""
+        setting for in-process models (``SLM_GATEWAY_THREADS``), None to let each measure;
+        ``wiring`` adds the process's services to the strategies' resources (shadow runner, store)."""
         backends: dict[str, Backend] = {}
         registry = BackendRegistry(BackendConfig)
         for name, config in policy.backends.items():
@@ -66,6 +74,8 @@ class PolicyRuntime:
             backends[name] = backend
         prices = {name: config.price for name, config in policy.backends.items()}
         resources = GatewayResources(backends=backends, prices=prices)
+        if wiring is not None:  # before the strategies are built: they may look at what is offered
+            wiring.wire(policy, resources)
         strategy_registry = StrategyRegistry(StrategyConfig)
         strategies: dict[str, Strategy[Any]] = {
             public: strategy_registry.build(public, strategy_config, resources)

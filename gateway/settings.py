@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.accounting.selfcal_settings import SelfCalSettings
 from gateway.reliability.settings import ReliabilitySettings
 
 logger = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class GatewaySettings:
     threads: int | None = None
     # Connection pools, header limits, the journal, /metrics and /docs access (gateway/reliability/settings.py).
     reliability: ReliabilitySettings = field(default_factory=ReliabilitySettings)
+    # Shadow jobs and the shared self-calibration store (gateway/accounting/selfcal_settings.py).
+    selfcal: SelfCalSettings = field(default_factory=SelfCalSettings)
 
     @classmethod
     def from_env(cls, policy_path: str | Path | None = None) -> GatewaySettings:
@@ -48,6 +51,7 @@ class GatewaySettings:
             drain_seconds=float(os.environ.get("SLM_GATEWAY_DRAIN_SECONDS", "20")),
             threads=_thread_setting(),
             reliability=ReliabilitySettings.from_env(),
+            selfcal=SelfCalSettings.from_env(),
         )
 
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # annotations only: the auth modules import this one
     from gateway.auth.enforcement import KeyEnforcer
     from gateway.auth.store import KeyStore
     from gateway.serving.response_store import ResponseStore
+    from gateway.serving.selfcal_service import SelfCalService
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +60,16 @@ class GatewayState:
     key_enforcer: KeyEnforcer | None = None
     # /v1/responses' store for previous_response_id, opened on first use (gateway.serving.responses).
     response_store: ResponseStore | None = None
+    # Shadow jobs and the shared self-calibration store (gateway.serving.selfcal_service); None: off.
+    selfcal: SelfCalService | None = None
 
     async def reload_policy(self) -> bool:
         """Swap in the policy file's current contents; keep the running one if it is invalid."""
         async with self.reload_lock:
             try:
                 policy = load_policy(self.settings.policy_path)
-                runtime = await PolicyRuntime.start(policy, reuse=self.runtime, threads=self.settings.threads)
+                runtime = await PolicyRuntime.start(policy, reuse=self.runtime, threads=self.settings.threads,
+                                                    wiring=self.selfcal)
             except Exception as exc:  # an invalid new policy must never take the gateway down
                 logger.error("policy reload rejected, the running policy keeps serving: %s", exc)
                 return False

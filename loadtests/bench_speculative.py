@@ -55,8 +55,8 @@ from loadtests.speculative_models import (
     ModelledBackend,
     ModelledScorer,
     agreement,
+    remote_agreement,
     remote_target,
-    text_agreement,
 )
 from routers.speculative.controller import Costs, run_acceptance
 
@@ -264,7 +264,7 @@ def spec_setups(mode: str, max_k: int) -> list[Setup]:
 async def run(args: argparse.Namespace) -> str:
     target = await local_backend(coder("1.5b"), args.threads) if args.mode != "remote" else None
     draft = await local_backend(coder("0.5b"), args.threads)
-    server = None
+    server, remote = None, None
     note = ""
     try:
         draft_scorer = draft.token_scorer()
@@ -315,8 +315,9 @@ async def run(args: argparse.Namespace) -> str:
             alone.append(runs["alone"])
             for setup in setups:
                 result = runs[setup.name]
-                if args.mode == "remote":  # text: a remote hand-off streams no ids (no logits here either)
-                    result.agreement = text_agreement(result.text, runs["alone"].text)
+                if args.mode == "remote":  # the target's stream is text: compared as text, ties scored remotely
+                    result.agreement = await remote_agreement(backends["target"], draft_scorer, ids, result.text,
+                                                              runs["alone"].text)
                 else:
                     result.agreement = await agreement(target_scorer, ids, result.tokens, runs["alone"].tokens)
                 setup.runs.append(result)
@@ -332,7 +333,7 @@ async def run(args: argparse.Namespace) -> str:
                          f"{target_scorer.overruns}")
         return "\n".join([*rows, "", *notes, "", note]).rstrip()
     finally:
-        for backend in (target, draft):
+        for backend in (target, draft, remote):
             if backend is not None:
                 await backend.close()
         if server is not None:
@@ -344,13 +345,17 @@ def _cell(value: Agreement | None) -> str:
 
 
 async def warm(backends: dict[str, Backend], ids: list[int]) -> None:
-    """Every run starts from a cached prompt: prefill it once in every model first."""
+    """Every run starts from a cached prompt: prefill it once in every model first (a remote
+    target twice: its generation's prefix cache, and the prompt scores its verifications reuse)."""
     for backend in backends.values():
         scorer = backend.token_scorer()
         if scorer is not None:
             await scorer.score_next_tokens(ids, len(ids))
-        else:
-            await alone_stream(backend, ids, 1)
+            continue
+        await alone_stream(backend, ids, 1)
+        async for _ in backend.stream_completion(CompletionPrompt(token_ids=ids, prompt_logprobs=1),
+                                                 SamplingParams(max_tokens=1, temperature=0.0)):
+            pass
 
 
 async def modelled_step(scorer: TokenScorer, draft: Backend, args: argparse.Namespace) -> tuple[float, str]:

@@ -17,6 +17,7 @@ from gateway.core.backend import (
     ChatMessage,
     CompletionPrompt,
     Detokenizer,
+    GenerationDone,
     GenerationEvent,
     NextTokenScores,
     SamplingParams,
@@ -55,12 +56,29 @@ async def agreement(scorer: TokenScorer, prompt: Sequence[int], out: Sequence[in
     return Agreement(False, i, abs(float(row[out[i]]) - float(row[ref[i]])))
 
 
-def text_agreement(out: str, ref: str) -> Agreement:
-    """Equal texts, or the first differing character (no logits to tell a tie)."""
-    if out == ref:
+async def remote_agreement(target: Backend, scorer: TokenScorer, prompt: Sequence[int], out_text: str,
+                           ref_text: str) -> Agreement:
+    """A remote target's answers are text (a hand-off streams no ids): where the texts part,
+    both are tokenised (the draft's tokenizer: the same vocabulary) and the target itself is asked
+    (prompt logprobs, top 5) how far apart its scores of the two tokens are after the common prefix."""
+    if out_text == ref_text:
         return Agreement(True)
-    return Agreement(False, next((i for i, (a, b) in enumerate(zip(out, ref, strict=False)) if a != b),
-                                 min(len(out), len(ref))), float("inf"))
+    out, ref = await scorer.tokenize(out_text), await scorer.tokenize(ref_text)
+    i = next((j for j, (a, b) in enumerate(zip(out, ref, strict=False)) if a != b), min(len(out), len(ref)))
+    if i >= len(out) or i >= len(ref):
+        return Agreement(False, i, float("inf"))  # one stopped where the other went on
+    done = None
+    async for event in target.stream_completion(CompletionPrompt(token_ids=[*prompt, *ref[: i + 1]],
+                                                                 prompt_logprobs=5),
+                                                SamplingParams(max_tokens=1, temperature=0.0)):
+        done = event
+    entry = done.prompt_logprobs[-1] if isinstance(done, GenerationDone) and done.prompt_logprobs else None
+    scores = {t.token_id: t.logprob for t in entry.top} if entry is not None else {}
+    if entry is not None and entry.token_id is not None:
+        scores[entry.token_id] = entry.logprob
+    # Outside the top 5: no tie (the gap is at least the 1st-to-5th distance; reported as inf).
+    gap = abs(scores[out[i]] - scores[ref[i]]) if out[i] in scores and ref[i] in scores else float("inf")
+    return Agreement(False, i, gap)  # logprobs of one row differ by exactly their logits' difference
 
 
 class ModelledScorer(TokenScorer):

@@ -83,7 +83,7 @@ def test_a_file_from_before_the_version_table_opens_and_is_versioned(tmp_path: P
     totals = asyncio.run(open_write_read(path, now))
     assert totals == {"requests": 2, "prompt_tokens": 13, "completion_tokens": 7, "cost_usd": 1.5,
                       "savings_usd": 2.25, "escalated": 2, "errors": 2, "draft_tokens": 0, "accepted_tokens": 0,
-                      "speculative_tokens": 0, "target_passes": 0}
+                      "speculative_tokens": 0, "target_passes": 0, "shadow_jobs": 0, "shadow_cost_usd": 0.0}
     columns, versions = columns_and_version(path)
     assert set(COUNTER_NAMES) <= set(columns) and versions == [SCHEMA_VERSION]
 
@@ -98,9 +98,9 @@ def test_missing_counter_columns_are_added_and_old_rows_count_zero(tmp_path: Pat
     assert totals["requests"] == 2 and totals["prompt_tokens"] == 13 and totals["escalated"] == 2
     columns, versions = columns_and_version(path)
     # Appended in declaration order (inserts name their columns): the two this old file lacked,
-    # then the speculative counters, which no version-1 file had.
-    assert columns[-6:] == ["savings_usd", "errors", "draft_tokens", "accepted_tokens", "speculative_tokens",
-                            "target_passes"]
+    # then the speculative and shadow counters, which no version-1 file had.
+    assert columns[-8:] == ["savings_usd", "errors", "draft_tokens", "accepted_tokens", "speculative_tokens",
+                            "target_passes", "shadow_jobs", "shadow_cost_usd"]
     assert versions == [SCHEMA_VERSION]
 
 

@@ -55,7 +55,7 @@ async def test_100_concurrent_submits_give_exactly_100_records(service: Accounti
         assert groups[route]["savings_usd"] == pytest.approx(sum(r.savings_usd or 0 for r in mine))
     assert set(usage["groups"][0]) == {
         "key", "requests", "prompt_tokens", "completion_tokens", "cost_usd", "savings_usd",
-        "draft_tokens", "accepted_tokens", "speculative_tokens", "target_passes",
+        "draft_tokens", "accepted_tokens", "speculative_tokens", "target_passes", "shadow_jobs", "shadow_cost_usd",
         "latency_ms", "ttft_ms", "escalation_rate",
     }
 

@@ -15,11 +15,12 @@ import pytest
 
 from gateway.core.backend import TokenLogprob, TopLogprob
 from gateway.core.config import Price
+from gateway.core.detokenize import StopMatcher
 from routers.cascade.code import code_span, code_tokens, python_structure, request_structure
 from routers.cascade.config import CascadeTier
-from routers.cascade.offline.answers import BackendAnswer
+from routers.cascade.offline.answers import AnswerCache, BackendAnswer, _decode, _encode
 from routers.cascade.offline.cli import signal_verdict, split_items
-from routers.cascade.offline.humaneval import humaneval_messages, passes, program_for
+from routers.cascade.offline.humaneval import STOP, grade_key, humaneval_messages, passes, program_for
 from routers.cascade.offline.labelled import final_number, load_labelled
 from routers.cascade.offline.replay import confidences, curve_figures, replay, scorer_auroc_ci, sweep
 from routers.cascade.offline.sandbox import Sandbox
@@ -73,6 +74,34 @@ def test_canonical_solutions_pass_and_broken_ones_fail() -> None:
     assert "check(" + first["entry_point"] + ")" in program_for(first, fenced("pass"))
     messages = humaneval_messages(first)
     assert messages[0].role == "system" and first["prompt"] in messages[1].content
+
+
+def stopped(answer: str) -> str:
+    """What a client reads of ``answer`` generated with the humaneval stop sequences, streamed in
+    small pieces (the gateway's own stop matcher)."""
+    matcher, out = StopMatcher(STOP), ""
+    for start in range(0, len(answer), 3):
+        text, hit = matcher.feed(answer[start:start + 3])
+        out += text
+        if hit:
+            return out
+    return out + matcher.flush()
+
+
+@needs_data
+def test_the_closing_fence_stops_generation_and_the_code_still_passes() -> None:
+    row = problems()[0]
+    whole = row["prompt"] + row["canonical_solution"]
+    explained = fenced(whole.rstrip(), "\n\nThis function checks every pair.\n```python\nprint(1)\n```")
+    cut = stopped(explained)
+    assert "This function" not in cut and cut.startswith("```python\n")  # stopped at the closing fence
+    assert passes(row, cut) and passes(row, explained)
+    # A sentence before the block: the opening fence carries ``python``, so it is not a stop.
+    prose_first = "Here is the function:\n" + explained
+    assert stopped(prose_first).startswith("Here is the function:\n```python\n" + whole.rstrip()[:20])
+    assert passes(row, stopped(prose_first))
+    assert stopped(fenced(whole.rstrip())) == fenced(whole.rstrip())  # fence then end of text: nothing cut
+    assert load_labelled(HUMANEVAL, task="humaneval")[0].stop == STOP
 
 
 def test_the_sandbox_contains_writes_loops_and_sockets(tmp_path: Path) -> None:
@@ -202,3 +231,20 @@ def test_models_dir_expansion(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert resolve_source("$SLM_GATEWAY_MODELS/m.gguf").gguf_path == tmp_path / "m.gguf"
     monkeypatch.delenv("SLM_GATEWAY_MODELS")
     assert expand_models_dir("${SLM_GATEWAY_MODELS}/m.gguf") == os.path.expanduser("~/.cache/slm-gateway/models/m.gguf")
+
+
+@needs_data
+def test_verdicts_are_kept_with_the_cached_answer_until_program_or_sandbox_change(tmp_path: Path) -> None:
+    item = load_labelled(HUMANEVAL, task="humaneval")[0]
+    right = fenced(item.problem["prompt"] + item.problem["canonical_solution"])
+    cache = AnswerCache(tmp_path / "answers.json")
+    cache.rows["k"] = _encode(BackendAnswer(right, [tok("x", -0.1)], True, 1.0, 0.1, 5, 1), item)
+    cache.save()
+    row = AnswerCache.open(cache.path).rows["k"]
+    assert row["graded"] == [grade_key(item.problem, right), True]
+    row["graded"][1] = False  # a reload reads the stored verdict: no sandbox process
+    assert _decode(row, item).correct is False
+    row["graded"][0] = grade_key(item.problem, right, Sandbox(timeout_s=1.5))  # graded by another sandbox
+    assert _decode(row, item).correct is True and row["graded"] == [grade_key(item.problem, right), True]
+    row["text"] = fenced(f"def {item.problem['entry_point']}(*args):\n    return None")  # another program
+    assert _decode(row, item).correct is False and row["graded"][0] != grade_key(item.problem, right)

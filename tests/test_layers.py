@@ -5,7 +5,7 @@ it makes is checked — module-level, inside functions, under ``TYPE_CHECKING``,
 ``importlib.import_module("literal")`` — against the layer it belongs to:
 
 0. core          gateway/core/*                                  imports nothing of ours
-1. configs       gateway/backends/<kind>/config.py, routers/<x>/config.py   core only
+1. configs       gateway/backends/<kind>/config.py, routers/<x>/[<sub>/]config.py   core, configs
 2. policies      policies/*                                      core, configs
 3. implementations  gateway/backends/**, routers/**              core, configs, policies, own kind;
                  routers never import gateway.backends (only the Backend interface); backends
@@ -30,7 +30,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = ("gateway", "routers", "policies")
 TOOL_MODULES = {"gateway.cli", "gateway.keys_cli"}
-CONFIG_MODULE = re.compile(r"^(gateway\.backends|routers)\.[a-z_0-9]+\.config$")
+# A kind's or strategy's config, or one of its sub-packages' (routers/cascade/selfcal/config.py).
+CONFIG_MODULE = re.compile(r"^(gateway\.backends|routers)(\.[a-z_0-9]+)+\.config$")
 
 
 class Layer(IntEnum):
@@ -182,6 +183,8 @@ def test_every_module_has_a_layer_and_the_layers_are_populated() -> None:
     layers = {layer_of(module) for module in project_modules()}
     assert layers == set(Layer)
     assert layer_of("routers.static.config") == Layer.CONFIG
+    assert layer_of("routers.cascade.selfcal.config") == Layer.CONFIG
+    assert layer_of("routers.cascade.selfcal.judges.matching") == Layer.IMPLEMENTATION
     assert layer_of("gateway.backends.echo.config") == Layer.CONFIG
     assert layer_of("routers.cascade.offline.cli") == Layer.TOOLS
     assert layer_of("gateway.runtime") == Layer.SERVICE

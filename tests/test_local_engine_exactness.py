@@ -118,3 +118,42 @@ def _common(a: list[int], b: list[int]) -> int:
     while n < min(len(a), len(b)) and a[n] == b[n]:
         n += 1
     return n
+
+
+async def test_smollm2_france_answer_is_the_quantised_model_at_a_near_tie() -> None:
+    """SmolLM2 through llama.cpp answers "What is the capital of France?" with "L'Étoile, …" where
+    the transformers reference says "The capital of France is Paris." Not the gateway: the prompt
+    text and ids equal llama-cpp-python's own template rendering and tokenizer, and the first answer
+    token's logprobs equal the library's own decode of the same ids; the Q4_1 model has "The" and
+    "L" within 0.1 nats there (reference: -1.88 vs -1.97), and llama.cpp's int8-activation kernels
+    put "L" first. Given "The", the rest is the reference's answer (docs/engines.md)."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from gateway.backends.local.sampling import log_softmax
+    from gateway.backends.local.source import smollm2_gguf
+
+    question = "What is the capital of France?"
+    async with started("llamacpp", context_length=1024, cache_type_v="f16") as backend:
+        rendered = await backend.render_chat_prompt([ChatMessage(role="user", content=question)])
+        assert rendered is not None
+        ids = await backend.tokenize(rendered)
+        (the,), (el,) = await backend.tokenize("The"), await backend.tokenize("L")  # type: ignore[misc]
+        assert ids is not None
+        first = await chat(backend, question, max_tokens=1, logprobs=True, top_logprobs=5)
+        ours = {t.token_id: t.logprob for t in first.logprobs[0].top}
+        forced = await complete(backend, CompletionPrompt(token_ids=[*ids, the]), max_tokens=12)
+    library = llama_cpp.Llama(model_path=str(smollm2_gguf()), n_ctx=256, n_threads=1, flash_attn=True,
+                              logits_all=True, verbose=False)
+    try:
+        formatter = Jinja2ChatFormatter(library.metadata["tokenizer.chat_template"], eos_token="<|im_end|>",
+                                        bos_token="<|im_start|>")
+        assert rendered == formatter(messages=[{"role": "user", "content": question}]).prompt
+        assert ids == library.tokenize(rendered.encode(), add_bos=False, special=True)
+        library.eval(ids)
+        row = log_softmax(np.asarray(library.scores[len(ids) - 1], dtype=np.float32))
+    finally:
+        library.close()
+    assert max(abs(ours[t] - float(row[t])) for t in (the, el)) < 0.02  # the engine adds no numerical error
+    assert 0 < ours[el] - ours[the] < TIE  # llama.cpp's choice, by a near-tie
+    assert forced.text.startswith(" capital of France is Paris")

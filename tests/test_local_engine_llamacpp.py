@@ -87,6 +87,35 @@ async def test_scoring_a_growing_sequence_decodes_only_the_new_tokens(backend: L
     assert fresh.argmax[0] == scores.argmax[0]
 
 
+async def test_prompt_logprobs_of_a_growing_prompt_reuse_the_cached_scores(backend: LocalModelBackend) -> None:
+    """A remote verifier's calls: the committed ids plus a few drafts, prompt logprobs each time.
+    Only the tokens past the cached prefix are computed (one re-fed for its row); the reused
+    scores are the earlier call's, cut to the requested top-K."""
+    scorer = backend.token_scorer()
+    assert scorer is not None
+    ids = await scorer.tokenize("def fibonacci(n):\n    if n < 2:\n        return n\n"
+                                "    return fibonacci(n - 1) + fibonacci(n - 2)\n")
+    assert len(ids) > 24
+    stats = backend.engine.stats
+
+    async def echo(prompt: list[int], top: int) -> list[tuple[int, float, list[int]]]:
+        result = await complete(backend, CompletionPrompt(token_ids=prompt, prompt_logprobs=top), max_tokens=1)
+        assert result.done is not None and result.done.prompt_logprobs is not None
+        return [(e.token_id or 0, e.logprob, [t.token_id or 0 for t in e.top])
+                for e in result.done.prompt_logprobs[1:] if e is not None]
+
+    first = await echo(ids[:20], 3)
+    before = stats.decoded_tokens
+    grown = await echo(ids, 2)
+    assert stats.decoded_tokens - before == len(ids) - 20 + 1  # token 19 re-fed for its row, then the rest
+    assert grown[:19] == [(t, lp, top[:2]) for t, lp, top in first]
+    before = stats.decoded_tokens
+    wider = await echo(ids, 5)  # more alternatives than were cached: computed from the start
+    assert stats.decoded_tokens - before == len(ids)
+    assert [t for t, _, _ in wider] == [t for t, _, _ in grown]
+    assert max(abs(a[1] - b[1]) for a, b in zip(wider, grown, strict=True)) < 0.1  # batch-shape rounding only
+
+
 async def test_many_logit_rows_are_spread_over_steps(backend: LocalModelBackend) -> None:
     """At most 64 prompt rows of logits per step: a 300-token echo and a 200-row scoring call
     still get every row, over several steps."""

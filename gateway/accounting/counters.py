@@ -55,6 +55,11 @@ class Counters:
                                       metric="speculative_emitted_tokens")
     target_passes: int = counter(0, "Speculative target passes (forward passes or calls)",
                                  metric="speculative_target_passes")
+    # A self-calibrating cascade's shadow jobs (records with endpoint "shadow",
+    # gateway/serving/shadow.py): not client requests (requests, latency, tokens stay the clients'),
+    # but real spend — in cost_usd (and, being unused, against savings) as well as here.
+    shadow_jobs: int = counter(0, "Shadow jobs of self-calibrating cascades", metric="shadow_jobs")
+    shadow_cost_usd: float = counter(0.0, "Spend of shadow jobs, USD", metric="shadow_cost_usd")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,9 @@ means the same thing whichever store answers it:
   and cost (used or not: they were billed), the time spent in it (sum of its calls' latencies)
   and its first call's TTFT. The request's savings go to the backend that produced the answer
   (the last used call), so summing any dimension's cost or savings gives the same total.
+* A shadow job's record (endpoint ``shadow``) counts as a shadow job of its cascade's model, not as
+  a request: its spend is in ``cost_usd`` and ``shadow_cost_usd`` (and, all its calls being unused,
+  against ``savings_usd``), its calls in its backends' groups.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from gateway.accounting.counters import Counters
 from gateway.core.record import CallRecord, RequestRecord
 
 DIMENSIONS = ("route", "model", "backend", "key", "status")
+# The endpoint of a self-calibrating cascade's shadow job's record (gateway/serving/shadow.py).
+SHADOW_ENDPOINT = "shadow"
 ANONYMOUS_KEY = "anonymous"
 # Never persisted, whatever a backend or strategy put into ``extra`` (defence in depth: keys
 # are not supposed to reach a record at all).
@@ -87,11 +92,15 @@ def request_contribution(record: Mapping[str, Any] | RequestRecord) -> Contribut
         counted = _request_level(record.prompt_tokens, record.completion_tokens, record.cost_usd,
                                  record.savings_usd, record.escalated, record.status, record.latency_ms, record.ttft_ms)
         extra: Any = record.extra
+        endpoint: Any = record.endpoint
     else:
         get = record.get
         counted = _request_level(get("prompt_tokens"), get("completion_tokens"), get("cost_usd"), get("savings_usd"),
                                  get("escalated"), get("status"), get("latency_ms"), get("ttft_ms"))
         extra = get("extra")
+        endpoint = get("endpoint")
+    if endpoint == SHADOW_ENDPOINT:
+        return _shadow_job(counted)
     speculative = extra.get("speculative") if extra else None
     if isinstance(speculative, dict):  # only speculative routes pay for this
         accepted, emitted = speculative.get("accepted"), speculative.get("emitted")
@@ -102,6 +111,13 @@ def request_contribution(record: Mapping[str, Any] | RequestRecord) -> Contribut
         counted.speculative_tokens = int(emitted) if emitted is not None else counted.completion_tokens
         counted.target_passes = int(speculative.get("target_passes") or speculative.get("target_calls") or 0)
     return counted
+
+
+def _shadow_job(counted: Contribution) -> Contribution:
+    """A shadow job is no client request: it adds its spend (to cost and, unused, against savings)
+    and itself to the shadow counters, and nothing to requests, answer tokens, latency or errors."""
+    return Contribution(cost_usd=counted.cost_usd, savings_usd=counted.savings_usd, shadow_jobs=1,
+                        shadow_cost_usd=counted.cost_usd)
 
 
 def _request_level(prompt_tokens: Any, completion_tokens: Any, cost_usd: Any, savings_usd: Any, escalated: Any,

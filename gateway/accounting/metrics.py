@@ -18,6 +18,7 @@ Names (all prefixed ``slm_gateway_``)::
     upstream_errors_total{backend,kind}
     upstream_latency_seconds{backend}                  histogram, per call
     circuit_state{backend}                             0 closed, 1 half-open, 2 open
+    shadow_* / selfcal_*{model,tier}                   self-calibrating cascades (selfcal_metrics.py)
 
 Label values are bounded: each label keeps at most ``max_label_values`` distinct values and
 reports the rest as ``other``, so a client inventing model names cannot blow up the series.
@@ -41,7 +42,8 @@ from prometheus_client import (
 )
 
 from gateway.accounting.counters import COUNTER_FIELDS
-from gateway.accounting.facts import request_contribution
+from gateway.accounting.facts import SHADOW_ENDPOINT, request_contribution
+from gateway.accounting.selfcal_metrics import SelfCalMetrics
 from gateway.core.record import RequestRecord
 
 OVERFLOW_LABEL = "other"
@@ -115,6 +117,7 @@ class GatewayMetrics:
             "circuit_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open", ("backend",),
             namespace=ns, registry=reg, multiprocess_mode="livemax",
         )
+        self.selfcal = SelfCalMetrics(reg, ns, self._model)  # self-calibrating cascades (issue 22)
 
     def observe(self, record: RequestRecord) -> None:
         route, model = self._route(record.route or "unrouted"), self._model(record.public_model)
@@ -124,9 +127,10 @@ class GatewayMetrics:
             value = getattr(counted, name)
             if value:  # a zero adds nothing; skipping it saves a label lookup per counter
                 metric.labels(*(with_status if labels else with_status[:2])).inc(value)
-        self.latency.labels(route, model).observe(record.latency_ms / 1000)
-        if record.ttft_ms is not None:
-            self.ttft.labels(route, model).observe(record.ttft_ms / 1000)
+        if record.endpoint != SHADOW_ENDPOINT:  # a shadow job's time is no client's latency
+            self.latency.labels(route, model).observe(record.latency_ms / 1000)
+            if record.ttft_ms is not None:
+                self.ttft.labels(route, model).observe(record.ttft_ms / 1000)
         if record.reference_cost_usd is not None:
             self.reference_cost.labels(route, model).inc(record.reference_cost_usd)
         for call in record.calls:

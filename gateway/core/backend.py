@@ -11,11 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from gateway.core.errors import UnsupportedParameterError
+
+if TYPE_CHECKING:
+    from gateway.core.structured.grammar import GrammarCompiler
 
 # "tool_calls" / "content_filter" / "function_call" come from upstreams (and local tool calls).
 FinishReason = Literal["stop", "length", "cancelled", "tool_calls", "content_filter", "function_call"]
@@ -181,6 +184,8 @@ def unsupported_parameter(capabilities: BackendCapabilities, params: SamplingPar
         return None
     if extra.get("suffix"):
         return "suffix"
+    if extra.get("functions"):  # OpenAI's deprecated function calling: relayed; local models read tools
+        return "functions"
     if params.wants_tools() and not capabilities.tools:
         return "tools"
     if params.wants_structured_output() and not capabilities.grammar:
@@ -257,6 +262,10 @@ class TokenScorer(ABC):
 
     @abstractmethod
     def new_detokenizer(self) -> Detokenizer: ...
+
+    def grammars(self) -> GrammarCompiler | None:
+        """This vocabulary's grammar compiler (constrained decoding over these ids), if any."""
+        return None
 
     @abstractmethod
     async def score_next_tokens(

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from gateway.core.backend import TokenChunk
 from gateway.core.protocol import chat_logprob_entry
+from gateway.core.structured.tool_calls import merge_tool_fragments
 
 E = TypeVar("E")
 _END = object()
@@ -62,27 +63,6 @@ async def merged(streams: Sequence[AsyncIterator[E]]) -> AsyncIterator[tuple[int
             if close is not None:
                 with contextlib.suppress(BaseException):
                     await close()
-
-
-def merge_tool_fragments(calls: list[dict[str, Any]], fragments: Sequence[dict[str, Any]]) -> None:
-    """Fold OpenAI's streamed tool-call fragments into whole calls (by their ``index``)."""
-    for fragment in fragments:
-        index = int(fragment.get("index", len(calls)))
-        while len(calls) <= index:
-            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-        call = calls[index]
-        for key, value in fragment.items():
-            if key == "index" or value is None:
-                continue
-            if key == "function" and isinstance(value, dict):
-                function = call.setdefault("function", {})
-                if value.get("name"):
-                    function["name"] = function.get("name", "") + str(value["name"])
-                if value.get("arguments"):
-                    function["arguments"] = function.get("arguments", "") + str(value["arguments"])
-                function.update({k: v for k, v in value.items() if k not in ("name", "arguments")})
-            else:
-                call[key] = value
 
 
 def merge_extra(target: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -21,8 +21,9 @@ from gateway.core.errors import GatewayError, InvalidRequestError, NotFoundError
 from gateway.core.protocol import ChatCompletionRequest, chat_logprob_entry, new_id, now
 from gateway.core.responses_protocol import ResponsesRequest, chat_body, input_messages
 from gateway.core.strategy import AnswerDone
+from gateway.core.structured.tool_calls import merge_tool_fragments
 from gateway.serving.chat import ChatRun, collect_choices, open_chat
-from gateway.serving.choices import ChoiceAssembly, merge_tool_fragments
+from gateway.serving.choices import ChoiceAssembly
 from gateway.serving.response_store import ResponseStore, open_response_store
 from gateway.serving.streaming import StreamUsage, collected, first_event, terminated
 from gateway.state import GatewayState, get_state

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal, Self
 from pydantic import Field, model_validator
 
 from gateway.core.config import StrategyBase, StrictModel, anchored_path
+from routers.cascade.selfcal.config import SelfCalibration
 
 ScorerName = Literal["mean_logprob", "min_logprob", "quantile_logprob", "neg_entropy", "mean_margin",
                      "first_token_margin", "code_mean_logprob", "code_quantile_logprob", "code_confident_share"]
@@ -51,6 +52,9 @@ class CascadeTier(StrictModel):
     structural: Literal["python"] | None = Field(
         None, description="python: an answer whose code does not parse, or does not define the function the "
                           "request's code defines last, escalates whatever its score (routers/cascade/code.py).")
+    self_calibration: SelfCalibration | None = Field(
+        None, description="Label a sample of this tier's traffic against the next tier and refit its threshold "
+                          "to a disagreement target with a stated confidence (docs/cascade.md, Self-calibration).")
 
 
 class RouterStage(StrictModel):
@@ -94,10 +98,34 @@ class CascadeStrategy(StrategyBase):
                 raise ValueError(f"tiers[{index}] needs a threshold (only the last tier has none)")
             if self.mode == "handoff" and tier.early_exit is None:
                 raise ValueError(f"tiers[{index}] needs early_exit: hand-off switches tiers on the running check")
+        self._self_calibration()
         return self
 
-    def referenced_backends(self) -> list[str]:
+    def _self_calibration(self) -> None:
+        if self.tiers[-1].self_calibration is not None:
+            raise ValueError("the last tier cannot self-calibrate: its answers are final, there is no next tier")
+        for index, tier in enumerate(self.tiers[:-1]):
+            if tier.self_calibration is None or self.mode != "handoff":
+                continue
+            # In hand-off the running check decides and streamed tokens cannot be recalled: a
+            # threshold has nothing to act on, and an escalated request has no full small answer.
+            if index > 0:
+                raise ValueError(f"tiers[{index}]: in handoff mode only the first tier can self-calibrate")
+            if tier.self_calibration.apply:
+                raise ValueError(f"tiers[{index}].self_calibration: in handoff mode the threshold plays no role; "
+                                 "set apply: false (monitor only: agreement of the kept answers)")
+
+    def tier_backends(self) -> list[str]:
         return [tier.backend for tier in self.tiers if not tier.backend.startswith("model:")]
+
+    def referenced_backends(self) -> list[str]:
+        # Judge backends count: they must exist, and they receive the request's text (privacy).
+        names = self.tier_backends()
+        for tier in self.tiers:
+            judge = tier.self_calibration.judge_backend() if tier.self_calibration is not None else None
+            if judge is not None and judge not in names:
+                names.append(judge)
+        return names
 
     def referenced_models(self) -> list[str]:
         return [tier.backend.removeprefix("model:") for tier in self.tiers if tier.backend.startswith("model:")]

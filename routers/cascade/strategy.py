@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from gateway.core.backend import (
     CompletionPrompt,
@@ -28,6 +29,8 @@ from gateway.core.backend import (
 )
 from gateway.core.errors import UpstreamUnavailableError
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
+from gateway.core.structured.checks import structural_problem
+from gateway.core.structured.tool_calls import merge_tool_fragments
 from policies.loader import PolicyError
 from routers.cascade.calibration import apply_calibration
 from routers.cascade.code import request_structure
@@ -35,6 +38,8 @@ from routers.cascade.config import CascadeStrategy, CascadeTier
 from routers.cascade.monitor import RunningCheck
 from routers.cascade.prerouter import PreRouter, Shortcut
 from routers.cascade.scorers import SCORERS
+from routers.cascade.selfcal.judges.base import Answer
+from routers.cascade.selfcal.sampler import NextAnswer, PendingPair, build_calibrators
 
 CONFIDENCE_HEADER = "x-slm-gateway-confidence"
 
@@ -42,18 +47,21 @@ CONFIDENCE_HEADER = "x-slm-gateway-confidence"
 def client_chunk(event: TokenChunk, params: SamplingParams) -> TokenChunk:
     """The chunk as the client asked for it: we may have requested more logprobs than they did."""
     if not params.logprobs:
-        return TokenChunk(text=event.text, token_ids=event.token_ids)
+        return replace(event, logprobs=())
     n = params.top_logprobs
-    trimmed = tuple(replace(t, top=t.top[:n]) for t in event.logprobs)
-    return TokenChunk(text=event.text, logprobs=trimmed, token_ids=event.token_ids)
+    return replace(event, logprobs=tuple(replace(t, top=t.top[:n]) for t in event.logprobs))
 
 
 class Cascade(Strategy[CascadeStrategy]):
     def __init__(self, public_name: str, config: CascadeStrategy, resources: GatewayResources) -> None:
         super().__init__(public_name, config, resources)
         self.prerouter = PreRouter(config.router) if config.router is not None else None
+        # Self-calibrating tiers (routers/cascade/selfcal/), by tier index.
+        self.calibrators = build_calibrators(public_name, config, resources, self._shadow_answerer)
 
     async def start(self) -> None:
+        for calibrator in self.calibrators.values():
+            await calibrator.load()
         if self.prerouter is not None:
             try:
                 await self.prerouter.load()
@@ -63,7 +71,7 @@ class Cascade(Strategy[CascadeStrategy]):
     def ready(self) -> bool:
         if self.prerouter is not None and not self.prerouter.loaded:
             return False
-        backends = self.config.referenced_backends()
+        backends = self.config.tier_backends()  # a judge's backend is off the client's path
         models = self.config.referenced_models()
         return all(self.resources.backend(b).ready for b in backends) and \
             all(self.resources.strategies[m].ready() for m in models)
@@ -78,19 +86,46 @@ class Cascade(Strategy[CascadeStrategy]):
         return replace(params, max_tokens=max_tokens, logprobs=True,
                        top_logprobs=max(params.top_logprobs, self.config.top_logprobs))
 
-    def _score(self, tier: CascadeTier, logprobs: list[TokenLogprob]) -> float:
-        return apply_calibration(tier.calibration, SCORERS[tier.scorer](logprobs))
+    def _score(self, tier: CascadeTier, logprobs: list[TokenLogprob]) -> tuple[float, float]:
+        """(raw score, calibrated score): self-calibration works on the raw scale."""
+        raw = SCORERS[tier.scorer](logprobs)
+        return raw, apply_calibration(tier.calibration, raw)
+
+    def _keeps(self, index: int, ctx: RequestContext, raw: float, score: float) -> bool:
+        tier, calibrator = self.config.tiers[index], self.calibrators.get(index)
+        assert tier.threshold is not None
+        return calibrator.keeps(ctx, raw, score, tier.threshold) if calibrator else score >= tier.threshold
+
+    def _shadow_answerer(self, index: int) -> NextAnswer:
+        async def answer(request: ChatRequestView, ctx: RequestContext) -> Answer:
+            """Tier ``index``'s whole answer, in a shadow job (``ctx`` is the shadow record)."""
+            tier = self.config.tiers[index]
+            if index == len(self.config.tiers) - 1:
+                events: AsyncIterator[StrategyEvent | GenerationDone] = self._final(tier, request, ctx)
+            else:
+                events = ctx.call_chat(tier.backend, request.messages, self._attempt_params(request, tier))
+            return Answer.of([event async for event in events if isinstance(event, TokenChunk)])
+
+        return answer
 
     @staticmethod
     def _well_formed(tier: CascadeTier, request: ChatRequestView, chunks: list[TokenChunk],
                      ctx: RequestContext) -> bool:
-        """The tier's structural check (code answers): a failure escalates whatever the score."""
-        if tier.structural is None:
-            return True
-        structure = request_structure(request.last_user_text(), "".join(c.text for c in chunks))
-        if not structure.ok:
-            ctx.record.extra.setdefault("structural", []).append({"tier": tier.backend, "reason": structure.reason})
-        return structure.ok
+        """The structural checks: the answer honours the request's tools / response_format (always),
+        the tier's code check (``structural``). A failure escalates whatever the score."""
+        text = "".join(c.text for c in chunks)
+        reason: str | None = None
+        if request.has_tools or request.has_response_format:
+            calls: list[dict[str, Any]] = []
+            for chunk in chunks:
+                merge_tool_fragments(calls, chunk.tool_calls)
+            reason = structural_problem(request.params.extra, text, calls)
+        if reason is None and tier.structural is not None:
+            structure = request_structure(request.last_user_text(), text)
+            reason = None if structure.ok else structure.reason
+        if reason is not None:
+            ctx.record.extra.setdefault("structural", []).append({"tier": tier.backend, "reason": reason})
+        return reason is None
 
     def _handoff_blocker(self) -> str | None:
         tiers = self.config.tiers
@@ -118,7 +153,9 @@ class Cascade(Strategy[CascadeStrategy]):
                     yield event
                 return
         if self.config.mode == "handoff":
-            blocker = self._handoff_blocker()
+            # A tool call or schema answer is judged whole: a hand-off would stream what may fail it.
+            blocker = "tools / response_format are checked on the whole answer" \
+                if request.has_tools or request.has_response_format else self._handoff_blocker()
             prompt = None if blocker else await self.resources.backend(self.config.tiers[0].backend) \
                 .render_chat_prompt(request.messages)
             if blocker is None and prompt is None:
@@ -156,12 +193,18 @@ class Cascade(Strategy[CascadeStrategy]):
 
     async def _buffer(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
         route: list[str] = []
+        pending: PendingPair | None = None  # an escalated pair to label once the next answer is whole
         for index, tier in enumerate(self.config.tiers):
             route.append(tier.backend)
             ctx.set_route(">".join(route))
             if index == len(self.config.tiers) - 1:
                 ctx.record.escalated = index > 0
+                final: list[TokenChunk] = []
                 async for answered in self._final(tier, request, ctx):
+                    if pending is not None and isinstance(answered, TokenChunk):
+                        final.append(answered)
+                    elif pending is not None:  # before the answer ends: the generator may not resume
+                        pending.answered(request, ctx, Answer.of(final))
                     yield answered
                 return
             chunks: list[TokenChunk] = []
@@ -180,19 +223,29 @@ class Cascade(Strategy[CascadeStrategy]):
                         break  # escalation is certain: stop generating a doomed answer
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
-            score = self._score(tier, logprobs)
+            raw, score = self._score(tier, logprobs)
             if index == 0:
                 ctx.record.confidence = score
                 ctx.response_headers[CONFIDENCE_HEADER] = f"{score:.4f}"
-            assert tier.threshold is not None
-            well_formed = self._well_formed(tier, request, chunks, ctx)
-            if done is not None and (check is None or check.failed_at is None) and score >= tier.threshold \
-                    and well_formed:
+            complete = done is not None and (check is None or check.failed_at is None)
+            if pending is not None:
+                pending.answered(request, ctx, Answer.of(chunks) if complete else None)
+                pending = None
+            # Checked only when whole (a cut-off answer is no call yet), recorded whatever the score.
+            well_formed = complete and self._well_formed(tier, request, chunks, ctx)
+            calibrator = self.calibrators.get(index)
+            if done is not None and well_formed and self._keeps(index, ctx, raw, score):
                 ctx.record.escalated = index > 0
                 for chunk in chunks:
                     yield client_chunk(chunk, request.params)
+                if calibrator is not None and calibrator.sampled():
+                    calibrator.label(request, ctx, Answer.of(chunks), raw, kept=True, large=None,
+                                     prompt_tokens=done.prompt_tokens, completion_tokens=done.completion_tokens)
                 yield _answer(done)
                 return
+            if done is not None and well_formed and calibrator is not None and calibrator.sampled():
+                # Escalated on its score alone: both answers will be at hand, labelled at the same rate.
+                pending = PendingPair(calibrator, Answer.of(chunks), raw, done.prompt_tokens, done.completion_tokens)
             ctx.last_call().used = False
             if check is not None and check.failed_at is not None:
                 exits = ctx.record.extra.setdefault("early_exit", [])
@@ -231,10 +284,19 @@ class Cascade(Strategy[CascadeStrategy]):
                     yield client_chunk(event, request.params)
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
+            raw, confidence = self._score(tier, logprobs)
             if index == 0:
-                ctx.record.confidence = self._score(tier, logprobs)
+                ctx.record.confidence = confidence
             if done is not None and prompt_tokens is None:
                 prompt_tokens = done.prompt_tokens
+            calibrator = self.calibrators.get(index)
+            if calibrator is not None and calibrator.sampled():
+                # Kept: labelled (monitor only). Handed off: no whole small answer exists to judge.
+                if done is not None and (check is None or check.failed_at is None):
+                    calibrator.label(request, ctx, Answer(prefix), raw, kept=True, large=None,
+                                     prompt_tokens=done.prompt_tokens, completion_tokens=streamed)
+                else:
+                    calibrator.unlabelled(ctx, "handoff: no whole small answer")
             if done is not None and (check is None or check.failed_at is None):
                 ctx.record.escalated = index > 0
                 yield AnswerDone.of(done, prompt_tokens=prompt_tokens or done.prompt_tokens,

@@ -11,7 +11,9 @@ speed-up over the target alone is ``S(k) = E(k) / (c(k) + k·d)``. When no draft
 ``margin``, the target decodes alone (k = 0) and speculation is tried again after
 ``probe_interval`` tokens, so a drafter that got better (or a prompt that repeats) is noticed;
 each probe that still finds speculation losing doubles that interval (up to 8x), and the first
-round that pays resets it — where speculation cannot pay, probing costs next to nothing.
+round that pays resets it. A drafter that would lose even if every draft were kept (a
+compute-bound target: verifying k drafts costs about k + 1 steps) is never probed: there the
+route is the target alone, plus nothing.
 
 ``a`` is estimated per drafter from decayed counts of kept drafts and rejections (each round
 ends in at most one rejection): the estimate of a geometric acceptance run, adapting to the
@@ -26,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from routers.speculative.config import AdaptiveSettings
+
+PERFECT = 0.999  # the acceptance estimates' cap: a drafter that is (nearly) always right
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -89,7 +93,7 @@ class Acceptance:
 
     @property
     def alpha(self) -> float:
-        return min(self.kept / (self.kept + self.rejected), 0.999)
+        return min(self.kept / (self.kept + self.rejected), PERFECT)
 
     def observe(self, drafted: int, accepted: int) -> None:
         self.kept = self.kept * self.decay + accepted
@@ -170,10 +174,25 @@ class Controller:
         if value >= self.settings.margin:
             self.probe_interval = self.settings.probe_interval
             return Choice(name, k, value)
-        if since_speculation >= self.probe_interval:
+        # A probe refreshes alpha; it is only worth its cost for a drafter that would pay if it
+        # were always right (on a compute-bound target, c(k) + k·d >= k + 1: no alpha ever pays).
+        hopeful = [item for item in scored if self.could_pay(item[0])]
+        if since_speculation >= self.probe_interval and hopeful:
             self.probe_interval = min(2 * self.probe_interval, 8 * self.settings.probe_interval)
+            name, k, value = max(hopeful, key=lambda item: item[2])
             return Choice(name, k, value, probe=True)
         return Choice(None, 0, 1.0, loses=True)
+
+    def tokens_until_probe(self, drafters: Iterable[str], since_speculation: int) -> int | None:
+        """How long the target decodes alone before the next probe; None: no probe will come (no
+        drafter could pay), the rest of the answer is the target's."""
+        if not any(self.could_pay(name) for name in drafters):
+            return None
+        return max(self.probe_interval - since_speculation, 1)
+
+    def could_pay(self, drafter: str) -> bool:
+        """Whether the drafter beats ``margin`` at perfect acceptance with the measured costs."""
+        return self.costs is not None and self.costs.best(drafter, PERFECT, self.max_k)[1] >= self.settings.margin
 
     def _speedup(self, drafter: str, k: int) -> float:
         return self.costs.speedup(drafter, self.alpha(drafter), k) if self.costs else 1.0
@@ -204,4 +223,4 @@ def _blend(previous: float, observed: float) -> float:
 def run_acceptance(accepted: int, rejections: int) -> float:
     """Per-token acceptance of the i.i.d. model from kept drafts and rejections (its maximum
     likelihood estimate: a round that kept every draft ended without testing the next one)."""
-    return min(accepted / (accepted + rejections), 0.999) if accepted + rejections else 0.0
+    return min(accepted / (accepted + rejections), PERFECT) if accepted + rejections else 0.0

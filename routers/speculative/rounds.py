@@ -49,10 +49,11 @@ async def speculative_rounds(
                 yield step
             return
         if choice.drafter is None and choice.loses and verifier.alone_mode == "ids":
-            # Until the next probe: the target's own generation loop, one call for the stretch.
-            stretch = max(controller.probe_interval - generation.since_speculation, 1)
+            # Until the next probe (or to the end): the target's own generation loop, one call.
+            until = controller.tokens_until_probe(by_name, generation.since_speculation)
+            stretch = remaining if until is None else min(until, remaining)
             before, started = generation.generated, time.perf_counter()
-            async for step in _alone_stretch(generation, verifier, min(stretch, remaining), rng):
+            async for step in _alone_stretch(generation, verifier, stretch, rng):
                 yield step
                 if step.finish:
                     return

@@ -35,10 +35,17 @@ from gateway.core.backend import (
 from gateway.core.detokenize import StopMatcher
 from gateway.core.errors import InvalidRequestError, UnsupportedParameterError, UpstreamError
 from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
+from gateway.core.structured.grammar import Constraint, GrammarCompiler, compile_constraint
 from policies.loader import PolicyError
 from routers.speculative.accounting import record_speculation
 from routers.speculative.calibration import calibrate_local, calibrate_remote
 from routers.speculative.config import BackendDraft, SpeculativeStrategy
+from routers.speculative.constrained import (
+    ConstrainedDrafter,
+    ConstrainedGeneration,
+    ConstrainedModelDrafter,
+    ConstrainedVerifier,
+)
 from routers.speculative.controller import Controller
 from routers.speculative.drafters import Drafter, ModelDrafter, NgramDrafter
 from routers.speculative.generation import Decoding, Generation
@@ -146,6 +153,10 @@ class Speculative(Strategy[SpeculativeStrategy]):
             async for event in predicted_answer(request, ctx, self.config.draft_backends()[0], self.config.target):
                 yield event
             return
+        if self._answered_by_target(request.params, ctx):
+            async for generated in ctx.call_chat(self.config.target, request.messages, request.params):
+                yield AnswerDone.of(generated) if isinstance(generated, GenerationDone) else generated
+            return
         if request.params.logprobs:
             raise UnsupportedParameterError("logprobs are not available from a speculative model", param="logprobs")
         # Remote targets render no template here: the drafter's (the same model family's) does.
@@ -156,7 +167,8 @@ class Speculative(Strategy[SpeculativeStrategy]):
             raise InvalidRequestError(f"backend {renderer.name!r} has no chat template", param="messages")
         assert self._scorer is not None
         ids = await self._scorer.tokenize(text)
-        async for item in self._answer(ids, request.params, ctx):
+        constraint = await self._constraint(request.params, ctx)
+        async for item in self._answer(ids, request.params, ctx, constraint):
             if isinstance(item, _Finished):
                 yield AnswerDone(item.finish, item.prompt_tokens, item.completion_tokens, self._target().model_name)
             else:
@@ -168,6 +180,10 @@ class Speculative(Strategy[SpeculativeStrategy]):
         ctx.set_route("speculative")
         if self.mode == "predicted":
             raise InvalidRequestError(f"model {self.public_name!r} (predicted mode) serves chat only", param="model")
+        if self._answered_by_target(params, ctx):
+            async for generated in ctx.call_completion(self.config.target, prompt, params):
+                yield generated
+            return
         if prompt.echo or prompt.prompt_logprobs is not None or params.logprobs:
             raise UnsupportedParameterError("echo and logprobs are not available from a speculative model",
                                             param="logprobs")
@@ -177,23 +193,56 @@ class Speculative(Strategy[SpeculativeStrategy]):
             raise InvalidRequestError("prompt must not be empty", param="prompt")
         if any(not 0 <= t < self._scorer.vocab_size for t in ids):
             raise InvalidRequestError(f"prompt token ids must be in [0, {self._scorer.vocab_size})", param="prompt")
-        async for event in self._answer(ids, params, ctx):
+        constraint = await self._constraint(params, ctx)
+        async for event in self._answer(ids, params, ctx, constraint):
             if isinstance(event, _Finished):
                 yield GenerationDone("length" if event.finish == "length" else "stop", event.prompt_tokens,
                                      event.completion_tokens, self._target().model_name)
             else:
                 yield event
 
-    async def _answer(self, ids: list[int], params: SamplingParams, ctx: RequestContext
-                      ) -> AsyncIterator[TokenChunk | _Finished]:
+    def _answered_by_target(self, params: SamplingParams, ctx: RequestContext) -> bool:
+        """Requests the target answers itself, not speculated (recorded): tools (the target's
+        chat path renders them into its template and parses its calls), and a grammar the target
+        cannot share with the rounds (a remote target: its rows come from the server)."""
+        if params.wants_tools():
+            reason = "tools"
+        elif params.wants_structured_output() and self._grammars() is None:
+            reason = "response_format"
+        else:
+            return False
+        ctx.record.extra["speculative_skipped"] = {"target": self.config.target, "reason": reason}
+        return True
+
+    def _grammars(self) -> GrammarCompiler | None:
+        return self._target_scorer.grammars() if self._target_scorer is not None else None
+
+    async def _constraint(self, params: SamplingParams, ctx: RequestContext) -> Constraint | None:
+        """``response_format`` as a constraint on the rounds (None: unconstrained)."""
+        compiler = self._grammars()
+        if compiler is None or not params.wants_structured_output():
+            return None
+        constraint = await compile_constraint(compiler, params.extra)
+        ctx.record.extra["speculative_constrained"] = "response_format"
+        return constraint
+
+    async def _answer(self, ids: list[int], params: SamplingParams, ctx: RequestContext,
+                      constraint: Constraint | None = None) -> AsyncIterator[TokenChunk | _Finished]:
         assert self._scorer is not None and self._controller is not None
         if not self._vocabulary_checked:
             await self._check_remote_vocabulary(self._target(), at_start=False)
         decoding = Decoding(max_new_tokens=params.max_tokens or self.config.default_max_tokens,
                             temperature=params.temperature, top_p=params.top_p, seed=params.seed)
-        generation = Generation(ids, self._scorer.eos_token_ids, decoding)
+        eos = self._scorer.eos_token_ids
+        generation = Generation(ids, eos, decoding) if constraint is None \
+            else ConstrainedGeneration(ids, eos, decoding, constraint)
         verifier = self._verifier(ctx)
         drafters = self._drafters()
+        if constraint is not None:  # drafts and target rows under the one grammar (constrained.py)
+            assert isinstance(verifier, LocalVerifier)
+            verifier = ConstrainedVerifier(verifier, constraint)
+            drafters = [ConstrainedModelDrafter(d.name, d.scorer, constraint) if isinstance(d, ModelDrafter)
+                        else ConstrainedDrafter(d, constraint, eos) for d in drafters]
         wall, started = time.time(), time.perf_counter()
         finish = "length"
         holds = await self._reserve(ctx, ids, decoding.max_new_tokens)

@@ -1,4 +1,5 @@
-"""``slm-gateway report``: usage per route/model/backend/key as a table, JSON, or plots.
+"""``slm-gateway report``: usage per route/model/backend/key as a table, JSON, or plots; and per
+self-calibrating cascade, the agreement of its kept answers and what it saved (``selfcal_cli.py``).
 
 Reads the same store the gateway writes (Redis when ``--redis-url`` / ``REDIS_URL`` is set,
 else the SQLite file in the data dir) without starting a writer.
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.accounting.facts import DIMENSIONS
+from gateway.accounting.offline.selfcal_cli import cascade_summaries, print_cascades
 from gateway.accounting.service import AccountingService, build_accounting
 from gateway.accounting.store import GroupTotals, StoreUnavailableError
 from gateway.accounting.window import minute_window
@@ -44,10 +46,13 @@ async def _report(args: argparse.Namespace) -> int:
     service = build_accounting(args.redis_url, data_dir)
     try:
         usage = await service.usage(args.since, args.until, args.group_by)
+        cascades = await cascade_summaries(args.redis_url, data_dir, service, args.since, args.until)
         if args.json:
-            print(json.dumps(usage, indent=2))
+            # The usage object as the API gives it; self-calibrating cascades, when there are any, beside it.
+            print(json.dumps({**usage, "cascades": cascades} if cascades else usage, indent=2))
         else:
             _print_table(usage, args.group_by, args.since, service)
+            print_cascades(cascades)
         if args.plot is not None:
             await _write_plot(service, args)
             if not args.json:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from typing import Any
 
 from gateway.backends.local.config import EngineName, LocalBackend
@@ -40,6 +41,9 @@ from gateway.core.backend import (
 )
 from gateway.core.detokenize import StopMatcher
 from gateway.core.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
+from gateway.core.structured.checks import function_tools
+from gateway.core.structured.grammar import Constraint, GrammarCompiler, compile_constraint
+from gateway.core.structured.tool_events import with_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,7 @@ class LocalModelBackend(Backend):
         self.config = config
         self._engine: Engine | None = None
         self._scorer: TokenScorer | None = None
+        self._grammars: GrammarCompiler | None = None
         self.load_seconds: float | None = None
 
     @property
@@ -96,7 +101,7 @@ class LocalModelBackend(Backend):
     @property
     def capabilities(self) -> BackendCapabilities:
         return BackendCapabilities(local=True, prefix_continuation=True, prompt_logprobs=True, token_ids=True,
-                                   token_scoring=True)
+                                   token_scoring=True, grammar=True, tools=True)
 
     def token_scorer(self) -> TokenScorer | None:
         return self._scorer
@@ -111,7 +116,8 @@ class LocalModelBackend(Backend):
         self.load_seconds = time.perf_counter() - started
         engine.start()
         self._engine = engine
-        self._scorer = EngineTokenScorer(engine, self.config.context_length)
+        self._grammars = GrammarCompiler(engine.grammar_tokenizer, engine.vocab_size)
+        self._scorer = EngineTokenScorer(engine, self.config.context_length, self._grammars)
         logger.info("backend %s: %s loaded on %s in %.1fs (%d thread(s))", self.name, self.model_name,
                     type(engine).__name__, self.load_seconds, engine.threads)
 
@@ -126,6 +132,18 @@ class LocalModelBackend(Backend):
     async def tokenize(self, text: str) -> list[int] | None:
         return self.engine.tokenize(text, add_special=False)
 
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """The model's grammar compiler and cache (raises while loading)."""
+        self._require_ready()
+        assert self._grammars is not None
+        return self._grammars
+
+    async def constraint(self, params: SamplingParams) -> Constraint | None:
+        """The constraint ``response_format`` / a forced tool call puts on the answer (None:
+        unconstrained); an unenforceable schema is a 400 here, before the model runs."""
+        return await compile_constraint(self.grammars, params.extra)
+
     def _require_ready(self) -> None:
         if self._engine is None:
             raise UpstreamUnavailableError(f"backend {self.name!r} is still loading", backend=self.name)
@@ -134,9 +152,24 @@ class LocalModelBackend(Backend):
         self, messages: Sequence[ChatMessage], params: SamplingParams
     ) -> AsyncIterator[GenerationEvent]:
         engine = self.engine
-        ids = engine.tokenize(engine.render_chat(messages), add_special=False)
-        async for event in self._generate(ids, params, prompt_logprobs=None):
-            yield event
+        # tool_choice "none": the tools are not shown at all (wants_tools is false), so the model
+        # writes a plain answer rather than a call we would have to discard.
+        tools = params.tools if params.wants_tools() else []
+        ids = engine.tokenize(engine.render_chat(messages, tools), add_special=False)
+        submitted: list[GenerateRequest] = []
+        events = self._generate(ids, params, prompt_logprobs=None, submitted=submitted)
+        if tools:
+
+            def halt() -> None:
+                for request in submitted:
+                    request.cancelled = True
+
+            names = {tool["function"]["name"] for tool in function_tools(params.extra)}
+            events = with_tool_calls(events, parallel=params.extra.get("parallel_tool_calls") is not False,
+                                     names=names, halt=halt)
+        async with aclosing(events):
+            async for event in events:
+                yield event
 
     async def stream_completion(
         self, prompt: CompletionPrompt, params: SamplingParams
@@ -155,8 +188,11 @@ class LocalModelBackend(Backend):
             yield event
 
     async def _generate(
-        self, prompt_ids: list[int], params: SamplingParams, prompt_logprobs: int | None
-    ) -> AsyncIterator[GenerationEvent]:
+        self, prompt_ids: list[int], params: SamplingParams, prompt_logprobs: int | None,
+        submitted: list[GenerateRequest] | None = None,
+    ) -> AsyncGenerator[GenerationEvent, None]:
+        """The engine's events as backend events. ``submitted`` receives the engine request, so a
+        consumer can end it early (``cancelled``) and still get its done event (true usage)."""
         engine = self.engine
         room = self.config.context_length - len(prompt_ids)
         if room < 0 or (params.max_tokens is not None and params.max_tokens > room):
@@ -166,6 +202,7 @@ class LocalModelBackend(Backend):
                 param="max_tokens", code="context_length_exceeded",
             )
         max_new = params.max_tokens if params.max_tokens is not None else min(room, self.config.default_max_tokens)
+        constraint = await self.constraint(params)
         request = GenerateRequest(
             prompt_ids=prompt_ids, max_new_tokens=max_new, temperature=params.temperature,
             # OpenAI seeds are any int64; numpy's generators take non-negative ones.
@@ -173,8 +210,11 @@ class LocalModelBackend(Backend):
             logprobs=params.logprobs,
             top_logprobs=params.top_logprobs if params.logprobs else 0,
             prompt_logprobs=prompt_logprobs, loop=asyncio.get_running_loop(), outputs=asyncio.Queue(),
+            constraint=constraint,
         )
         engine.submit(request)
+        if submitted is not None:
+            submitted.append(request)
         detok = engine.new_detokenizer()
         stops = StopMatcher(params.stop)
         prompt_scores: tuple[TokenLogprob | None, ...] | None = None

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from gateway.backends.local.sampling import PromptScore
+from gateway.backends.local.sampling import Logits, PromptScore, TokenDraw, draw_token
 from gateway.core.backend import ChatMessage, Detokenizer, NextTokenScores
+from gateway.core.structured.grammar import Constraint
 
 
 @dataclass(slots=True)
@@ -45,6 +47,10 @@ class EngineFinished:
 EngineOutput = GeneratedToken | PromptScores | EngineFinished
 
 
+class ConstraintError(RuntimeError):
+    """The grammar allows no token here (the matcher is in error): this sequence fails alone."""
+
+
 @dataclass(slots=True)
 class GenerateRequest:
     prompt_ids: list[int]
@@ -60,9 +66,33 @@ class GenerateRequest:
     cancelled: bool = False  # set by the consumer (client gone, stop sequence hit)
     generated: int = 0
     rng: np.random.Generator | None = None
+    # response_format / forced tool call: the allowed tokens at each step (None: unconstrained).
+    constraint: Constraint | None = None
 
     def emit(self, item: EngineOutput) -> None:
         self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+
+    @property
+    def grammar_complete(self) -> bool:
+        """The constrained document is complete: nothing but EOS could follow, so end here."""
+        return self.constraint is not None and self.constraint.stopped
+
+    def draw(self, logits: Logits) -> TokenDraw:
+        """The next token from the raw logits, among the tokens the constraint allows (logprobs
+        stay the model's raw ones: the confidence signal cascades read), and the constraint
+        advanced by it. Both engines decode through this."""
+        constraint = self.constraint
+        if constraint is None:
+            return draw_token(logits, self.temperature, self.top_p, self.logprobs, self.top_logprobs,
+                              self.generator())
+        allowed = constraint.allowed()
+        if not allowed.any():
+            raise ConstraintError(f"the grammar allows no next token: {constraint.error or 'dead end'}")
+        draw = draw_token(logits, self.temperature, self.top_p, self.logprobs, self.top_logprobs,
+                          self.generator(), allowed)
+        if not constraint.advance(draw.token_id):
+            raise ConstraintError(f"the grammar rejected token {draw.token_id}: {constraint.error}")
+        return draw
 
     def generator(self) -> np.random.Generator:
         if self.rng is None:
@@ -157,8 +187,9 @@ class Engine(ABC):
         tokenizer adds to a raw prompt (a BOS token for some models)."""
 
     @abstractmethod
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        """The model's chat template over ``messages``, generation prompt added."""
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()) -> str:
+        """The model's chat template over ``messages`` offering ``tools`` (OpenAI's function
+        tools; :mod:`gateway.backends.local.tool_prompt`), generation prompt added."""
 
     @abstractmethod
     def token_text(self, token_id: int) -> str:
@@ -171,3 +202,8 @@ class Engine(ABC):
     @abstractmethod
     def new_detokenizer(self) -> Detokenizer:
         """Streamed text of generated tokens (special tokens left out)."""
+
+    @abstractmethod
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's tokenizer of this vocabulary, ``vocab_size`` wide (slow to build: the
+        backend's GrammarCompiler builds it once)."""

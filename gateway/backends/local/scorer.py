@@ -14,12 +14,17 @@ from collections.abc import Sequence
 from gateway.backends.local.engine import Engine, ScoreRequest
 from gateway.core.backend import Detokenizer, NextTokenScores, TokenScorer
 from gateway.core.errors import InvalidRequestError
+from gateway.core.structured.grammar import GrammarCompiler
 
 
 class EngineTokenScorer(TokenScorer):
-    def __init__(self, engine: Engine, context_length: int) -> None:
+    def __init__(self, engine: Engine, context_length: int, grammars: GrammarCompiler | None = None) -> None:
         self._engine = engine
         self._context_length = context_length
+        self._grammars = grammars
+
+    def grammars(self) -> GrammarCompiler | None:
+        return self._grammars
 
     @property
     def vocabulary_id(self) -> str:

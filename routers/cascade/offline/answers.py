@@ -3,9 +3,11 @@
 Greedy answers are deterministic, so every analysis (calibration, held-out evaluation, the
 threshold sweep, the combined-policy table) can reuse them instead of generating again: on this
 CPU the 1.5B model needs minutes per dozen HumanEval problems. A cached answer is keyed by the
-backend's name and model, the task, the messages and the token cap, so a changed prompt or model
-is generated afresh. The file holds text, token logprobs (with top alternatives), timings and
-token counts; correctness is graded again on load (cheap; the grader may have changed).
+backend's name and model, the task, the messages, the token cap and the stop sequences, so a
+changed prompt or model is generated afresh. The file holds text, token logprobs (with top
+alternatives), timings and token counts, and each humaneval verdict under the key of the program
+and sandbox that produced it: a reload reuses the verdict while both are the same and grades again
+when either changed.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class BackendAnswer:
 
 
 def answer_params(item: LabelledItem) -> SamplingParams:
-    return SamplingParams(max_tokens=item.max_tokens, temperature=0.0, logprobs=True, top_logprobs=5)
+    return SamplingParams(max_tokens=item.max_tokens, temperature=0.0, stop=item.stop, logprobs=True,
+                          top_logprobs=5)
 
 
 async def ask_backend(backend: Backend, item: LabelledItem, params: SamplingParams | None = None) -> BackendAnswer:
@@ -84,16 +87,33 @@ async def ask_backend(backend: Backend, item: LabelledItem, params: SamplingPara
     return BackendAnswer(text, logprobs, correct, latency, ttft, *usage, structure=item.structure(text))
 
 
-def _encode(answer: BackendAnswer) -> dict[str, Any]:
+def _encode(answer: BackendAnswer, item: LabelledItem) -> dict[str, Any]:
     tokens = [[t.token, t.logprob, [[c.token, c.logprob] for c in t.top]] for t in answer.logprobs]
-    return {"text": answer.text, "tokens": tokens, "latency_s": answer.latency_s, "ttft_s": answer.ttft_s,
-            "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}
+    row = {"text": answer.text, "tokens": tokens, "latency_s": answer.latency_s, "ttft_s": answer.ttft_s,
+           "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens}
+    key = item.grade_key(answer.text)
+    if key is not None:
+        row["graded"] = [key, answer.correct]
+    return row
+
+
+def _verdict(row: dict[str, Any], item: LabelledItem) -> bool:
+    """The answer's grade: kept with the row under the key of what was run (program and sandbox),
+    so a reload does not start a process per answer; graded again when either changed."""
+    key = item.grade_key(row["text"])
+    graded = row.get("graded")
+    if key is not None and isinstance(graded, list) and graded[0] == key:
+        return bool(graded[1])
+    correct = item.is_correct(row["text"])
+    if key is not None:
+        row["graded"] = [key, correct]
+    return correct
 
 
 def _decode(row: dict[str, Any], item: LabelledItem) -> BackendAnswer:
     logprobs = [TokenLogprob(token, lp, top=tuple(TopLogprob(c, v) for c, v in top))
                 for token, lp, top in row["tokens"]]
-    return BackendAnswer(row["text"], logprobs, item.is_correct(row["text"]), row["latency_s"], row["ttft_s"],
+    return BackendAnswer(row["text"], logprobs, _verdict(row, item), row["latency_s"], row["ttft_s"],
                          row["prompt_tokens"], row["completion_tokens"], item.structure(row["text"]))
 
 
@@ -113,7 +133,10 @@ class AnswerCache:
     @staticmethod
     def key(name: str, model_name: str, item: LabelledItem) -> str:
         messages = json.dumps([[m.role, m.content] for m in item.messages])
-        digest = hashlib.sha256(f"{item.task}|{item.max_tokens}|{messages}".encode()).hexdigest()[:16]
+        # A stop sequence changes where an answer ends: part of the key (absent when there is none,
+        # so answers cached before stops existed stay valid).
+        stop = f"|{json.dumps(list(item.stop))}" if item.stop else ""
+        digest = hashlib.sha256(f"{item.task}|{item.max_tokens}{stop}|{messages}".encode()).hexdigest()[:16]
         return f"{name}|{model_name}|{item.id}|{digest}"
 
     def save(self) -> None:
@@ -130,12 +153,16 @@ async def answers_for(name: str, backend: Backend, items: Sequence[LabelledItem]
     missing = [i for i, key in enumerate(keys) if key not in cache.rows]
 
     async def generate(index: int) -> None:
-        cache.rows[keys[index]] = _encode(await ask_backend(backend, items[index]))
+        cache.rows[keys[index]] = _encode(await ask_backend(backend, items[index]), items[index])
         if len(cache.rows) % 10 == 0:
             cache.save()  # a long run interrupted keeps what it has
 
     if missing:
         await gather_bounded([partial(generate, i) for i in missing], concurrency, description)
         cache.save()
-    return list(await asyncio.gather(*(asyncio.to_thread(_decode, cache.rows[k], it) for k, it in zip(keys, items,
-                                                                                                        strict=True))))
+    verdicts = [cache.rows[k].get("graded") for k in keys]
+    answers = list(await asyncio.gather(*(asyncio.to_thread(_decode, cache.rows[k], it)
+                                          for k, it in zip(keys, items, strict=True))))
+    if verdicts != [cache.rows[k].get("graded") for k in keys]:
+        cache.save()  # graded afresh: keep the verdicts for the next run
+    return answers

@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         parser.add_argument("--holdout", type=float, default=None,
                             help="a seeded share of the records kept apart: calibrate fits on the rest, "
                                  "eval scores only these")
-        parser.add_argument("--concurrency", type=int, default=4)
+        parser.add_argument("--concurrency", type=int, default=8,
+                            help="requests in flight per model (the local engine batches up to max_batch_size)")
         parser.add_argument("--plot", type=Path, default=None,
                             help="PNG to write (calibrate: reliability diagram, default MODEL-reliability.png; "
                                  "eval: quality-vs-escalation curve)")

@@ -45,7 +45,7 @@ async def ask_cascade(runtime: PolicyRuntime, model: str, item: LabelledItem, *,
     strategy = runtime.strategy(model)
     record = RequestRecord(request_id=new_id("eval"), public_model=model, endpoint="chat", stream=stream)
     ctx = RequestContext(record, strategy.resources)
-    params = SamplingParams(max_tokens=item.max_tokens, temperature=0.0)
+    params = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, stop=item.stop)
     request = ChatRequestView(messages=list(item.messages), params=params, stream=stream)
     started = time.perf_counter()
     first: float | None = None
@@ -92,8 +92,11 @@ async def run_evaluation(runtime: PolicyRuntime, model: str, items: Sequence[Lab
         raise ValueError(f"models.{model}: eval compares the tiers' backends; its last tier is {names[1]} "
                          "(evaluate a cascade whose last tier is that model's backend)")
     started = time.perf_counter()
-    small, large = [await answers_for(name, runtime.backends[name], items, concurrency, cache, f"{name} alone")
-                    for name in names]
+    # Both tiers at once: each in-process model has its own engine thread (one core each on this
+    # box), and each engine batches its ``concurrency`` requests; one tier after the other would
+    # leave a core idle for the whole run.
+    small, large = await asyncio.gather(*(answers_for(name, runtime.backends[name], items, concurrency, cache,
+                                                      f"{name} alone") for name in names))
     generation_s = time.perf_counter() - started
     if mode == "replay":
         prices = [runtime.policy.backends[name].price for name in names]

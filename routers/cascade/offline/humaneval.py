@@ -12,6 +12,7 @@ the prompt's stub, an answer with the body only completes it.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from gateway.core.backend import ChatMessage
@@ -21,6 +22,13 @@ from routers.cascade.offline.sandbox import Sandbox
 SYSTEM = ("You are an expert Python programmer. Complete the function the user gives you. Reply with the "
           "complete function, including the imports it needs, in a single ```python code block and nothing else.")
 MAX_TOKENS = 512  # the longest canonical solution in dev is ~230 tokens; room for a verbose restatement
+# Generation ends once the answer's code block has closed: only the first block is graded, so
+# anything after it (an explanation, usage examples) is wasted decode time. The stop is the closing
+# fence *followed by a newline*, which an opening fence never is (it carries ``python``), so a
+# model that writes a sentence before its block is not cut off at the opening fence. A fence
+# followed directly by end-of-text needs no stop: generation ends there anyway. The stop text is
+# not part of the answer; the unterminated block then runs to the end of the text (``code_span``).
+STOP = ("\n```\n",)
 
 
 def humaneval_messages(problem: dict[str, Any]) -> list[ChatMessage]:
@@ -39,6 +47,14 @@ def structure_of(problem: dict[str, Any], answer: str) -> str | None:
     """None when the answer's code parses and defines the entry point, else why not."""
     structure = python_structure(answer, problem["entry_point"], problem["prompt"])
     return None if structure.ok else structure.reason
+
+
+def grade_key(problem: dict[str, Any], answer: str, sandbox: Sandbox | None = None) -> str:
+    """Names one verdict of :func:`passes`: the program run and the sandbox that runs it. A cached
+    verdict under the same key needs no new process (each costs a fresh interpreter)."""
+    program = program_for(problem, answer)
+    identity = (sandbox or Sandbox()).identity()
+    return hashlib.sha256(f"{identity}|{program}".encode()).hexdigest()[:16]
 
 
 def passes(problem: dict[str, Any], answer: str, sandbox: Sandbox | None = None) -> bool:

@@ -20,6 +20,8 @@ from typing import Any, Literal, get_args
 
 from gateway.core.backend import ChatMessage
 from routers.cascade.offline.humaneval import MAX_TOKENS as HUMANEVAL_MAX_TOKENS
+from routers.cascade.offline.humaneval import STOP as HUMANEVAL_STOP
+from routers.cascade.offline.humaneval import grade_key as humaneval_grade_key
 from routers.cascade.offline.humaneval import humaneval_messages, passes, structure_of
 
 Task = Literal["mmlu", "gsm8k", "humaneval", "acceptable"]
@@ -52,6 +54,11 @@ class LabelledItem:
     def max_tokens(self) -> int:
         return MAX_TOKENS[self.task]
 
+    @property
+    def stop(self) -> tuple[str, ...]:
+        """Stop sequences of the generation (humaneval: the closing fence of the code block)."""
+        return HUMANEVAL_STOP if self.task == "humaneval" else ()
+
     def is_correct(self, answer: str) -> bool:
         """Grade one answer (humaneval runs a subprocess: call it off the event loop)."""
         if self.task == "humaneval":
@@ -62,6 +69,11 @@ class LabelledItem:
             return final_number(answer) == self.gold
         lowered = answer.lower()
         return any(option.lower() in lowered for option in self.acceptable)
+
+    def grade_key(self, answer: str) -> str | None:
+        """humaneval: the key of this answer's verdict (graded in a subprocess, so worth caching);
+        None for the tasks graded by reading the text."""
+        return humaneval_grade_key(self.problem, answer) if self.task == "humaneval" else None
 
     def structure(self, answer: str) -> str | None:
         """humaneval: None when the code parses and defines the entry point, else why not."""

@@ -17,6 +17,7 @@ one before can be got around:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -77,6 +78,12 @@ class Sandbox:
     timeout_s: float = 6.0
     memory_bytes: int = 1 << 30
     isolate_network: bool = True  # use ``unshare --net`` when the kernel allows it
+
+    def identity(self) -> str:
+        """What a verdict depends on besides the program: the runner and the limits (a cached
+        verdict is stale when any of them changes)."""
+        return hashlib.sha256(f"{RUNNER}|{self.timeout_s}|{self.memory_bytes}|{self.isolate_network}".encode()
+                              ).hexdigest()[:16]
 
     def network_prefix(self) -> list[str]:
         if not self.isolate_network:

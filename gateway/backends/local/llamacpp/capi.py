@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,17 @@ class Model:
             if written >= 0:
                 return buffer.raw[:written]
             size = -written
+
+    def grammar_tokenizer(self, eos_tokens: Iterable[int]) -> Any:
+        """llguidance's tokenizer of this vocabulary: llguidance reads the token bytes and calls
+        ``llama_tokenize`` through the same bindings (constrained decoding, gateway/core/structured).
+        ``eos_tokens``: every end-of-generation token (a grammar that accepts allows any of them)."""
+        import llguidance.llamacpp
+
+        with warnings.catch_warnings():  # it asks every token's attributes by the deprecated name
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return llguidance.llamacpp.lltokenizer_from_vocab(self.vocab, n_vocab=self.n_vocab,
+                                                              eos_token=sorted(eos_tokens))
 
     def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         data = text.encode("utf-8")

@@ -16,9 +16,10 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.backends.local.chat_template import ChatTemplate
 from gateway.backends.local.engine import (
@@ -129,11 +130,11 @@ class LlamaCppEngine(Engine):
     def tokenize(self, text: str, *, add_special: bool) -> list[int]:
         return self._model.tokenize(text, add_special=add_special and self._model.add_bos, parse_special=True)
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()) -> str:
         if self._template is None:
             raise InvalidRequestError("this model file has no chat template: send a raw prompt to /v1/completions",
                                       param="messages")
-        return self._template.render(messages)
+        return self._template.render(messages, tools=tools)
 
     def token_text(self, token_id: int) -> str:
         return self._text(token_id)
@@ -143,6 +144,9 @@ class LlamaCppEngine(Engine):
 
     def new_detokenizer(self) -> Detokenizer:
         return Utf8Detokenizer(self._pieces)
+
+    def grammar_tokenizer(self) -> Any:
+        return self._model.grammar_tokenizer(self._eos)
 
     def _text(self, token_id: int) -> str:
         return self._texts[token_id].decode("utf-8", errors="replace")
@@ -216,33 +220,35 @@ class LlamaCppEngine(Engine):
         return True
 
     def _place(self, request: EngineRequest) -> bool:
+        scored_top = None
         if isinstance(request, GenerateRequest):
-            prompt = request.prompt_ids
-            limit = 0 if request.prompt_logprobs is not None else len(prompt) - 1
+            prompt, limit = request.prompt_ids, len(request.prompt_ids) - 1
             reserve = len(prompt) + request.max_new_tokens
+            scored_top = request.prompt_logprobs
         else:
             prompt, limit, reserve = request.token_ids, request.start - 1, len(request.token_ids)
-        placement = self._slots.place(prompt, limit, reserve)
+        placement = self._slots.place(prompt, limit, reserve, scored_top)
         if placement is None:
             return False
         for victim in self._slots.evictions_for(placement, reserve):
             self._ctx.seq_rm(victim.seq_id, 0, -1)
-            victim.tokens.clear()
+            victim.truncate(0)
         slot, keep = placement.slot, placement.keep
+        cached = slot.cached_scores(keep, scored_top) if scored_top is not None else []
         if placement.share_from is not None:
             self._ctx.seq_rm(slot.seq_id, 0, -1)
             self._ctx.seq_cp(placement.share_from.seq_id, slot.seq_id, 0, placement.share_len)
-            slot.tokens = list(placement.share_from.tokens[: placement.share_len])
+            slot.tokens, slot.scores = list(placement.share_from.tokens[: placement.share_len]), []
             keep = placement.share_len
         else:
             self._ctx.seq_rm(slot.seq_id, keep, -1)
-            del slot.tokens[keep:]
+            slot.truncate(keep)
         slot.busy, slot.reserved = True, reserve
         self._slots.touch(slot)
         self.stats.reused_tokens += keep
         feed = list(prompt[keep:])
         if isinstance(request, GenerateRequest):
-            self._jobs.append(GenerateJob(slot, feed, request, self._eos.__contains__))
+            self._jobs.append(GenerateJob(slot, feed, request, self._eos.__contains__, prompt_scores=cached))
         else:
             self._jobs.append(ScoreJob(slot, feed, request))
         return True
@@ -321,7 +327,7 @@ class LlamaCppEngine(Engine):
             for slot in self._slots.slots:
                 if not slot.busy and slot.tokens:
                     self._ctx.seq_rm(slot.seq_id, 0, -1)
-                    slot.tokens.clear()
+                    slot.truncate(0)
             self._ctx.decode(tokens, positions, seqs, outputs)
         stats = self.stats
         stats.steps += 1
@@ -339,7 +345,7 @@ class LlamaCppEngine(Engine):
             _finish_unstarted(request, "error", message)
         self._waiting.clear()
         for slot in self._slots.slots:  # what the KV holds is unknown now: start from empty
-            slot.tokens.clear()
+            slot.truncate(0)
         self._ctx.clear()
 
     def _release(self, job: Job) -> None:

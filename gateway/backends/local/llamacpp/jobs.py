@@ -14,6 +14,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.backends.local.engine import (
+    ConstraintError,
     EngineFinished,
     GeneratedToken,
     GenerateRequest,
@@ -21,7 +22,7 @@ from gateway.backends.local.engine import (
     ScoreRequest,
 )
 from gateway.backends.local.llamacpp.slots import Slot
-from gateway.backends.local.sampling import PromptScore, draw_token, prompt_token_scores
+from gateway.backends.local.sampling import PromptScore, prompt_token_scores
 from gateway.core.backend import NextTokenScores
 from gateway.core.errors import UpstreamError
 
@@ -60,6 +61,7 @@ class GenerateJob(Job):
     request: GenerateRequest
     is_eos: Callable[[int], bool]
     next_token: int | None = None  # sampled, not yet fed (the decode phase)
+    # Scores of prompt tokens 1.. so far (those of a reused prefix come from the slot's cache).
     prompt_scores: list[PromptScore] = field(default_factory=list)
 
     @property
@@ -83,7 +85,9 @@ class GenerateJob(Job):
             self.prompt_scores.append(score)
             return False
         if request.prompt_logprobs is not None:
-            request.emit(PromptScores([None, *self.prompt_scores]))
+            # The slot keeps them: a later request sharing this prompt's start reuses them.
+            self.slot.scores, self.slot.scores_top = [None, *self.prompt_scores], request.prompt_logprobs
+            request.emit(PromptScores(list(self.slot.scores)))
         if request.max_new_tokens == 0:
             request.emit(EngineFinished("length", self.prompt_length, 0))
             return True
@@ -92,8 +96,14 @@ class GenerateJob(Job):
     def take_decode_row(self, logits: Logits) -> bool:
         """Sample the next token from the raw logits; True when the job is finished."""
         request = self.request
-        draw = draw_token(logits, request.temperature, request.top_p, request.logprobs,
-                          request.top_logprobs, request.generator())
+        if request.grammar_complete:
+            request.emit(EngineFinished("stop", self.prompt_length, request.generated))
+            return True
+        try:
+            draw = request.draw(logits)
+        except ConstraintError as exc:
+            self.fail(str(exc))
+            return True
         request.generated += 1
         if self.is_eos(draw.token_id):
             request.emit(EngineFinished("stop", self.prompt_length, request.generated - 1))
@@ -101,6 +111,9 @@ class GenerateJob(Job):
         request.emit(GeneratedToken(draw.token_id, draw.logprob, draw.top))
         if request.generated >= request.max_new_tokens:
             request.emit(EngineFinished("length", self.prompt_length, request.generated))
+            return True
+        if request.grammar_complete:  # the document just closed: no decode step for an EOS
+            request.emit(EngineFinished("stop", self.prompt_length, request.generated))
             return True
         self.next_token = draw.token_id
         return False

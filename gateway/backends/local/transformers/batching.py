@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from gateway.backends.local.engine import (
+    ConstraintError,
     EngineFinished,
     EngineRequest,
     EngineStats,
@@ -28,7 +29,7 @@ from gateway.backends.local.engine import (
     PromptScores,
     ScoreRequest,
 )
-from gateway.backends.local.sampling import TokenDraw, draw_token, prompt_token_scores
+from gateway.backends.local.sampling import prompt_token_scores
 from gateway.core.backend import NextTokenScores
 from gateway.core.errors import UpstreamError
 
@@ -149,27 +150,35 @@ class TorchBatcher:
         if request.max_new_tokens == 0:
             request.emit(EngineFinished("length", len(request.prompt_ids), 0))
             return
-        draw = self._draw(request, logits[-1])
-        if self._deliver(request, draw):
+        token = self._deliver(request, logits[-1])
+        if token is None:
             return
-        self._join(_Row(request, draw.token_id), out.cache, len(request.prompt_ids))
+        self._join(_Row(request, token), out.cache, len(request.prompt_ids))
 
-    @staticmethod
-    def _draw(request: GenerateRequest, logits: np.ndarray[Any, Any]) -> TokenDraw:
-        return draw_token(logits, request.temperature, request.top_p, request.logprobs, request.top_logprobs,
-                          request.generator())
-
-    def _deliver(self, request: GenerateRequest, draw: TokenDraw) -> bool:
-        """Send one token; True when the request is finished."""
+    def _deliver(self, request: GenerateRequest, logits: np.ndarray[Any, Any]) -> int | None:
+        """Draw the next token (within the request's constraint) and send it; its id, or None
+        when the request is finished."""
+        prompt = len(request.prompt_ids)
+        if request.grammar_complete:
+            request.emit(EngineFinished("stop", prompt, request.generated))
+            return None
+        try:
+            draw = request.draw(logits)
+        except ConstraintError as exc:
+            request.emit(EngineFinished("error", prompt, request.generated, str(exc)))
+            return None
         request.generated += 1
         if draw.token_id in self._eos:
-            request.emit(EngineFinished("stop", len(request.prompt_ids), request.generated - 1))
-            return True
+            request.emit(EngineFinished("stop", prompt, request.generated - 1))
+            return None
         request.emit(GeneratedToken(draw.token_id, draw.logprob, draw.top))
         if request.generated >= request.max_new_tokens:
-            request.emit(EngineFinished("length", len(request.prompt_ids), request.generated))
-            return True
-        return False
+            request.emit(EngineFinished("length", prompt, request.generated))
+            return None
+        if request.grammar_complete:  # the document just closed: no forward pass for an EOS
+            request.emit(EngineFinished("stop", prompt, request.generated))
+            return None
+        return draw.token_id
 
     def _join(self, row: _Row, cache: Any, length: int) -> None:
         from transformers import DynamicCache
@@ -205,10 +214,11 @@ class TorchBatcher:
         logits = out.logits[:, -1].float().numpy()
         finished = []
         for i, row in enumerate(batch.rows):
-            draw = self._draw(row.request, logits[i])
-            row.last_token = draw.token_id
-            if self._deliver(row.request, draw):
+            token = self._deliver(row.request, logits[i])
+            if token is None:
                 finished.append(i)
+            else:
+                row.last_token = token
         self._drop_rows(finished, reason=None)
 
     def _drop_rows(self, indices: list[int], reason: str | None) -> None:

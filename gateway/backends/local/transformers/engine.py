@@ -9,19 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from gateway.backends.local.config import LocalBackend
 from gateway.backends.local.engine import Engine, EngineRequest, EngineStats
 from gateway.backends.local.source import ModelSource
 from gateway.backends.local.threads import choose_threads
+from gateway.backends.local.tool_prompt import TemplateToolSupport, probe_tool_support, template_conversation
 from gateway.backends.local.transformers.batching import TorchBatcher
 from gateway.backends.local.transformers.loader import load_model
 from gateway.core.backend import ChatMessage, Detokenizer
 from gateway.core.detokenize import IncrementalDetokenizer
+from gateway.core.errors import InvalidRequestError
 
 
 def load_transformers(name: str, config: LocalBackend, source: ModelSource) -> TransformersEngine:
@@ -41,6 +44,8 @@ class TransformersEngine(Engine):
         self._vocab_size = int(model.get_output_embeddings().weight.shape[0])
         self._vocabulary_id = _vocabulary_hash(tokenizer)
         self._batcher = TorchBatcher(model, self._eos, max_batch_size, self.stats)
+        # Probed on first use: a tokenizer without a chat template fails only the requests needing one.
+        self._tool_support: TemplateToolSupport | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -74,10 +79,18 @@ class TransformersEngine(Engine):
         ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special)
         return ids
 
-    def render_chat(self, messages: Sequence[ChatMessage]) -> str:
-        text: str = self.tokenizer.apply_chat_template(
-            [m.template_dict() for m in messages], tokenize=False, add_generation_prompt=True
-        )
+    def render_chat(self, messages: Sequence[ChatMessage], tools: Sequence[Mapping[str, Any]] = ()) -> str:
+        if self._tool_support is None:
+            self._tool_support = probe_tool_support(self._apply_template)
+        dicts, tools_argument = template_conversation(messages, tools, self._tool_support)
+        return self._apply_template(dicts, tools_argument)
+
+    def _apply_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+        try:
+            text: str = self.tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                                           add_generation_prompt=True)
+        except (TemplateError, ValueError) as exc:  # ValueError: the tokenizer has no chat template
+            raise InvalidRequestError(f"the model's chat template failed: {exc}", param="messages") from exc
         return text
 
     def token_text(self, token_id: int) -> str:
@@ -90,6 +103,11 @@ class TransformersEngine(Engine):
 
     def new_detokenizer(self) -> Detokenizer:
         return IncrementalDetokenizer(self.tokenizer)
+
+    def grammar_tokenizer(self) -> Any:
+        import llguidance.hf
+
+        return llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=self._vocab_size, eos_token=sorted(self._eos))
 
     def time_decode(self, threads: int, steps: int = 4) -> float:
         """Seconds per single-token decode step at ``threads`` (run before the worker starts)."""

@@ -1,8 +1,9 @@
 """A model's tool calls in its text, as OpenAI ``tool_calls``.
 
 Qwen2.5 and Hermes-style templates have the model write each call as
-``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``; SmolLM2's tool prompt asks for a
-list inside one block (``<tool_call>[{...}, {...}]</tool_call>``). Both are read here, with
+``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` (the format the local backends'
+tool prompt and the ``tool_choice`` grammar use too); SmolLM2-1.7B's model-card tool prompt asks
+for a list inside one block (``<tool_call>[{...}, {...}]</tool_call>``). Both are read here, with
 ``arguments`` as an object or a JSON string (``parameters`` is accepted for it too). Text
 outside the blocks is the message content. :class:`ToolCallStream` does the same on a stream:
 text that may be the start of a block is held back, and each call is emitted whole (one
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,33 @@ def calls_in_block(body: str) -> list[ToolCall] | None:
             return None
         calls.append(ToolCall(item["name"], json.dumps(arguments, ensure_ascii=False), _new_id()))
     return calls
+
+
+def bare_calls(text: str, names: Collection[str]) -> list[ToolCall] | None:
+    """The calls in ``text`` written without the block markers: the whole text is call objects (or
+    lists of them, one per line for several) of functions in ``names``, with ``arguments``; else
+    None. Qwen2.5-Coder often answers so; requiring an offered name and the arguments key keeps a
+    JSON answer that is not a call from being read as one."""
+    decoder = json.JSONDecoder()
+    calls: list[ToolCall] = []
+    position, body = 0, text.strip()
+    while position < len(body):
+        try:
+            value, end = decoder.raw_decode(body, position)
+        except json.JSONDecodeError:
+            return None
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(item, dict) and item.get("name") in names
+                                and ("arguments" in item or "parameters" in item) for item in items):
+            return None
+        parsed = calls_in_block(body[position:end])
+        if parsed is None:
+            return None
+        calls.extend(parsed)
+        position = end
+        while position < len(body) and body[position].isspace():
+            position += 1
+    return calls or None
 
 
 def parse_tool_calls(text: str) -> tuple[str, list[ToolCall], bool]:
@@ -138,6 +167,27 @@ def _partial_open(text: str) -> int:
         if OPEN.startswith(text[-size:]):
             return size
     return 0
+
+
+def merge_tool_fragments(calls: list[dict[str, Any]], fragments: Sequence[dict[str, Any]]) -> None:
+    """Fold OpenAI's streamed tool-call fragments into whole calls (by their ``index``)."""
+    for fragment in fragments:
+        index = int(fragment.get("index", len(calls)))
+        while len(calls) <= index:
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[index]
+        for key, value in fragment.items():
+            if key == "index" or value is None:
+                continue
+            if key == "function" and isinstance(value, dict):
+                function = call.setdefault("function", {})
+                if value.get("name"):
+                    function["name"] = function.get("name", "") + str(value["name"])
+                if value.get("arguments"):
+                    function["arguments"] = function.get("arguments", "") + str(value["arguments"])
+                function.update({k: v for k, v in value.items() if k not in ("name", "arguments")})
+            else:
+                call[key] = value
 
 
 def invalid_arguments(call: ToolCall, tools: list[dict[str, Any]]) -> str | None:
