@@ -7,8 +7,9 @@ of a card number reaches it.
 
 from __future__ import annotations
 
+import json
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.backend import (
+    ChatMessage,
+    GenerationDone,
+    GenerationEvent,
     SamplingParams,
+    TokenChunk,
 )
 from gateway.core.errors import InvalidRequestError, PermissionDeniedError
 from routers.privacy.redaction import Redactor, StreamRestorer
@@ -97,6 +102,42 @@ async def test_redact_round_trip_across_chunk_boundaries(chunk_size: int) -> Non
     assert sum(len(c.token_ids) for c in chunks) == len(range(0, len(upstream_answer), chunk_size))
     assert ctx.record.extra["privacy"] == {"detectors": ["email", "payment_card"], "action": "redact",
                                            "redacted": 2}
+
+
+class ToolCallingBackend(RecordingBackend):
+    """Answers with one tool call whose JSON arguments quote the last user message, streamed in
+    ``chunk_size``-character pieces of the arguments (as an upstream streams them)."""
+
+    async def stream_chat(
+        self, messages: Sequence[ChatMessage], params: SamplingParams
+    ) -> AsyncIterator[GenerationEvent]:
+        self.received.append(list(messages))
+        question = next(m.content for m in reversed(messages) if m.role == "user")
+        arguments = json.dumps({"body": question})
+        yield TokenChunk("", tool_calls=({"index": 0, "id": "call_1", "type": "function",
+                                         "function": {"name": "send", "arguments": ""}},))
+        for start in range(0, len(arguments), self.chunk_size):
+            piece = arguments[start:start + self.chunk_size]
+            yield TokenChunk("", tool_calls=({"index": 0, "function": {"arguments": piece}},))
+        yield GenerationDone("tool_calls", 1, len(arguments), self.model_name)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 64])
+async def test_redact_restores_placeholders_in_tool_call_arguments(chunk_size: int) -> None:
+    slm = RecordingBackend("slm", local=True)
+    llm = ToolCallingBackend("llm", local=False, chunk_size=chunk_size)
+    strategy = await build(privacy_config("redact"), [slm, llm])
+    # A PEM key spans lines: restored raw into a JSON string, its newlines would break the JSON.
+    key = ("-----BEGIN RSA PRIVATE KEY-----\nMIIBOgIBAAJBAKj34GkxFhD90vcNLYLInFEX6Ppy1tPf9Cnzj4p4WGeKLs1Pt8Qu\n"
+           "-----END RSA PRIVATE KEY-----")
+    question = f"Mail {EMAIL} the key {key}"
+    _, _, chunks = await answer(strategy, view(question))
+    assert EMAIL not in llm.seen_text() and "MIIBOgIBAAJBAKj34" not in llm.seen_text()
+    fragments = [f for c in chunks for f in c.tool_calls]
+    assert fragments[0]["function"]["name"] == "send" and fragments[0]["id"] == "call_1"
+    arguments = "".join(f["function"]["arguments"] for f in fragments)
+    # The client's function receives the real values, as valid JSON (an original is escaped).
+    assert json.loads(arguments) == {"body": question}
 
 
 async def test_redact_skips_local_targets() -> None:

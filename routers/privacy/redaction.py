@@ -9,8 +9,10 @@ still grow into a placeholder (``"<EMA"`` then ``"IL_1> ..."``) until the next c
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from routers.privacy.detectors import Span
 
@@ -63,18 +65,27 @@ class Redactor:
         parts.append(text[cursor:])
         return "".join(parts)
 
-    def restore(self, text: str) -> str:
-        """Placeholders this redactor issued, replaced by their originals; others left alone."""
+    def restore(self, text: str, escape: Callable[[str], str] | None = None) -> str:
+        """Placeholders this redactor issued, replaced by their originals (passed through
+        ``escape`` first, e.g. to sit inside a JSON string); others left alone."""
         if "<" not in text or not self.originals:
             return text
-        return _PLACEHOLDER.sub(lambda m: self.originals.get(m.group(), m.group()), text)
+
+        def original(match: re.Match[str]) -> str:
+            value = self.originals.get(match.group())
+            if value is None:
+                return match.group()
+            return escape(value) if escape is not None else value
+
+        return _PLACEHOLDER.sub(original, text)
 
 
 class StreamRestorer:
     """Restores placeholders in a stream of text chunks whose boundaries fall anywhere."""
 
-    def __init__(self, redactor: Redactor) -> None:
+    def __init__(self, redactor: Redactor, escape: Callable[[str], str] | None = None) -> None:
         self._redactor = redactor
+        self._escape = escape
         self._pending = ""
 
     def feed(self, chunk: str) -> str:
@@ -82,12 +93,47 @@ class StreamRestorer:
         text = self._pending + chunk
         hold = _held_suffix_start(text)
         self._pending = text[hold:]
-        return self._redactor.restore(text[:hold])
+        return self._redactor.restore(text[:hold], self._escape)
 
     def flush(self) -> str:
         """Whatever is still held back, at the end of the stream."""
         text, self._pending = self._pending, ""
-        return self._redactor.restore(text)
+        return self._redactor.restore(text, self._escape)
+
+
+def _json_string_body(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)[1:-1]
+
+
+class ToolCallRestorer:
+    """Restores placeholders in streamed tool-call arguments: the model was shown ``<EMAIL_1>``
+    and may pass it to a function, which must receive the real address. Arguments are JSON
+    text streamed in pieces (one stream per call ``index``), so each call gets its own
+    :class:`StreamRestorer`, and an original is JSON-escaped: it lands inside a JSON string."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._streams: dict[int, StreamRestorer] = {}
+
+    def feed(self, fragments: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+        restored: list[dict[str, Any]] = []
+        for fragment in fragments:
+            function = fragment.get("function")
+            arguments = function.get("arguments") if isinstance(function, dict) else None
+            if not isinstance(function, dict) or not isinstance(arguments, str):
+                restored.append(fragment)
+                continue
+            index = int(fragment.get("index", 0))
+            stream = self._streams.setdefault(index, StreamRestorer(self._redactor, _json_string_body))
+            restored.append({**fragment, "function": {**function, "arguments": stream.feed(arguments)}})
+        return tuple(restored)
+
+    def flush(self) -> tuple[dict[str, Any], ...]:
+        """Fragments carrying each call's held-back end of arguments, at the end of the stream."""
+        tails = tuple({"index": index, "function": {"arguments": rest}}
+                      for index, stream in self._streams.items() if (rest := stream.flush()))
+        self._streams.clear()
+        return tails
 
 
 def _held_suffix_start(text: str) -> int:

@@ -24,7 +24,7 @@ from gateway.core.strategy import (
 )
 from policies.loader import PolicyError
 from routers.privacy.guard import PrivacyFinding, inspect_request, redact_request
-from routers.privacy.redaction import Redactor, StreamRestorer
+from routers.privacy.redaction import Redactor, StreamRestorer, ToolCallRestorer
 from routers.rules.conditions import CompiledRule, RequestFacts, estimate_tokens
 from routers.rules.config import RulesStrategy
 from routers.targets import Target, answer_from, resolve_target
@@ -215,8 +215,10 @@ class Rules(Strategy[RulesStrategy]):
 async def _restore_stream(
     events: AsyncIterator[StrategyEvent], redactor: Redactor
 ) -> AsyncIterator[StrategyEvent]:
-    """Put redacted values back into the answer, holding back placeholders cut by chunk boundaries."""
+    """Put redacted values back into the answer (its text and its tool calls' arguments),
+    holding back placeholders cut by chunk boundaries; other fields of a chunk pass unchanged."""
     restorer = StreamRestorer(redactor)
+    calls = ToolCallRestorer(redactor)
     logprobs: list[TokenLogprob] = []
     token_ids: list[int] = []
     async for event in events:
@@ -224,14 +226,16 @@ async def _restore_stream(
             logprobs.extend(event.logprobs)
             token_ids.extend(event.token_ids)
             text = restorer.feed(event.text)
-            if text:
-                yield TokenChunk(text, tuple(logprobs), tuple(token_ids))
+            tool_calls = calls.feed(event.tool_calls)
+            if text or tool_calls or event.extra:
+                yield TokenChunk(text, tuple(logprobs), tuple(token_ids), tool_calls, event.extra)
                 logprobs.clear()
                 token_ids.clear()
             continue
         tail = restorer.flush()
-        if tail or logprobs or token_ids:
-            yield TokenChunk(tail, tuple(logprobs), tuple(token_ids))
+        tail_calls = calls.flush()
+        if tail or tail_calls or logprobs or token_ids:
+            yield TokenChunk(tail, tuple(logprobs), tuple(token_ids), tail_calls)
             logprobs.clear()
             token_ids.clear()
         yield event
