@@ -95,7 +95,8 @@ def pair_of(item: LabelledItem, small: BackendAnswer, large: BackendAnswer) -> P
 def write_figures(path: Path, pairs: list[Pair], about: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"id": p.item_id, "small": asdict(p.small), "large": asdict(p.large), "scores": p.scores} for p in pairs]
-    path.write_text(json.dumps({"version": 1, "about": about, "pairs": rows}, indent=0) + "\n")
+    body = ",\n".join(json.dumps(row) for row in rows)  # one problem a line: diffs stay readable
+    path.write_text(f'{{"version": 1, "about": {json.dumps(about)}, "pairs": [\n{body}\n]}}\n')
 
 
 def read_figures(path: Path, items: list[LabelledItem]) -> list[Pair]:
@@ -288,7 +289,9 @@ def main() -> None:
     ok_s = np.array([p.small.correct for p in pairs])
     ok_l = np.array([p.large.correct for p in pairs])
     source = f"--cache {' '.join(map(str, args.cache))}" if args.cache else f"--figures {args.figures}"
-    command = (f"{COMMAND} {source} --data {args.data} --task {args.task} --speedup {args.speedup}"
+    data = args.data.resolve()
+    shown = f"../{data.relative_to(REPO.parent)}" if data.is_relative_to(REPO.parent) else str(args.data)
+    command = (f"{COMMAND} {source} --data {shown} --task {args.task} --speedup {args.speedup}"
                + (f" --rule-tokens {args.rule_tokens}" if args.rule_tokens else ""))
     lines = [f"`{command}` — {machine_line()}; load average {os.getloadavg()[0]:.1f} at analysis. {args.generation}",
              "", f"n = {n} {args.task} dev items with both answers; small pass@1 {ok_s.mean():.3f}, large "

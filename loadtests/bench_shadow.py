@@ -161,9 +161,11 @@ async def wait_quiet(client: httpx.AsyncClient, model: str, timeout_s: float = 3
 async def paired(client: httpx.AsyncClient, n: int, quiet: bool) -> dict[str, list[tuple[float, float]]]:
     results: dict[str, list[tuple[float, float]]] = {"plain": [], "shadowed": []}
     for index in range(n):
+        # Each prompt is asked in both orders (pairs 2k and 2k+1), so that whichever model goes first
+        # and finds the prompt uncached does so equally often on every prompt.
         order = ("plain", "shadowed") if index % 2 == 0 else ("shadowed", "plain")
         for model in order:
-            results[model].append(await chat(client, model, PROMPTS[index % len(PROMPTS)]))
+            results[model].append(await chat(client, model, PROMPTS[(index // 2) % len(PROMPTS)]))
         if quiet:
             await wait_quiet(client, "shadowed")
     return results

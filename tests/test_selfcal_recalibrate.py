@@ -4,7 +4,7 @@ map, the raw-scale threshold of a calibrated tier, and compare-and-set against a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from routers.cascade.selfcal.config import SelfCalibration
 from routers.cascade.selfcal.recalibrate import (
     TierTarget,
     configured_raw_threshold,
+    drift_evidence,
     isotonic_breakpoints,
     recalibrate,
     refit,
@@ -28,7 +29,7 @@ CONFIG = SelfCalibration.model_validate({"judge": {"type": "exact"}, "min_labels
                                          "drift": {"window": 300}})
 
 
-def labels_of(scores: Sequence[float], agree: Sequence[bool], start: float = 1000.0, kept: bool = True) -> list[Label]:
+def labels_of(scores: Iterable[float], agree: Iterable[bool], start: float = 1000.0, kept: bool = True) -> list[Label]:
     return [Label(model="m", tier=0, score=float(s), kept=kept, agree=bool(a), judge="exact", small_text="",
                   large_text="", request_id=f"r{i}", created_at=start + i) for i, (s, a) in
             enumerate(zip(scores, agree, strict=True))]
@@ -110,6 +111,49 @@ def test_drift_tightens_at_once_from_the_recent_labels_and_sets_the_old_ones_asi
     assert held is not None and held.reason == "held" and held.threshold == alarm.threshold
     # No evidence against the current threshold: a drift check stores nothing.
     assert refit(labels_of(scores, agree), before, target(0.95), now=2.0, drift_only=True) is None
+
+
+def test_a_sharp_drift_shows_in_the_newest_few_labels() -> None:
+    rng = np.random.default_rng(7)
+    scores, agree = world(rng, 3000)
+    before = refit(labels_of(scores, agree), None, target(0.95), now=1.0)
+    assert before is not None
+    broken = labels_of(np.concatenate([scores, np.full(40, 0.9)]), np.concatenate([agree, np.zeros(40, bool)]))
+    alarm = refit(broken, before, target(0.95), now=2.0, drift_only=True)
+    assert alarm is not None and alarm.reason == "drift" and alarm.labels_used == 300 // 8
+
+
+def block(kept: int, disagree: int, escalated: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels at score 0.9 (kept by a 0.5 threshold), ``disagree`` of them disagreeing, and
+    ``escalated`` at score 0.1."""
+    scores = np.array([0.9] * kept + [0.1] * escalated)
+    return scores, np.array([True] * disagree + [False] * (kept - disagree) + [False] * escalated)
+
+
+def test_a_mild_drift_shows_as_a_change_against_the_labels_before_it() -> None:
+    old_scores, old_disagree = block(kept=1500, disagree=15, escalated=1500)  # 1 % before
+    new_scores, new_disagree = block(kept=75, disagree=8, escalated=75)  # 10.7 % in the newest 150
+    scores, disagree = np.concatenate([old_scores, new_scores]), np.concatenate([old_disagree, new_disagree])
+    evidence = drift_evidence(scores, disagree, 0.5, CONFIG)
+    assert evidence is not None and evidence.kind == "change" and evidence.recent.total == 150
+    assert (evidence.before.kept, evidence.before.disagree) == (1500, 15)
+    # The newest labels alone do not prove the target broken; a change that stays under it is no alarm.
+    assert drift_evidence(new_scores, new_disagree, 0.5, CONFIG) is None
+    calm_scores, calm_disagree = block(kept=75, disagree=3, escalated=75)  # 4 %: worse, still under 5 %
+    assert drift_evidence(np.concatenate([old_scores, calm_scores]), np.concatenate([old_disagree, calm_disagree]),
+                          0.5, CONFIG) is None
+
+
+def test_a_drift_check_rarely_cries_wolf() -> None:
+    """1000 checks at a threshold whose kept answers disagree at exactly the target: each may
+    alarm with probability <= 1 - drift.confidence = 0.1 %."""
+    rng = np.random.default_rng(8)
+    alarms = 0
+    for _ in range(1000):
+        scores = rng.uniform(size=300)
+        disagree = rng.uniform(size=300) < np.where(scores >= 0.5, 0.05, 0.5)
+        alarms += drift_evidence(scores, disagree, 0.5, CONFIG) is not None
+    assert alarms <= 5  # Poisson(1) exceeds 5 with probability 0.06 %
 
 
 def test_drift_with_nothing_certifiable_escalates_everything() -> None:

@@ -6,11 +6,21 @@ on the shadow path, the shared threshold across replicas, and handoff's monitor-
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
+from gateway.core.backend import (
+    Backend,
+    ChatMessage,
+    CompletionPrompt,
+    GenerationDone,
+    GenerationEvent,
+    SamplingParams,
+    TokenChunk,
+)
 from gateway.core.selfcal import CalibrationState
 from tests.selfcal_support import QuestionBook, ScriptedTier, ask, selfcal_cascade
 
@@ -185,6 +195,42 @@ async def test_handoff_labels_kept_answers_only() -> None:
                                        "reason": "handoff: no whole small answer"}]
     (label,) = store.label_lists[("cascade", 0)]
     assert label.kept and not label.agree and label.small_text == "B"
+
+
+class GatedJudge(Backend):
+    """An llm judge backend that replies SAME once released."""
+
+    def __init__(self) -> None:
+        super().__init__("grader")
+        self.gate = asyncio.Event()
+
+    @property
+    def model_name(self) -> str:
+        return "gated-judge"
+
+    async def stream_chat(self, messages: Sequence[ChatMessage], params: SamplingParams
+                          ) -> AsyncIterator[GenerationEvent]:
+        await self.gate.wait()
+        yield TokenChunk(text="SAME", token_ids=(1,))
+        yield GenerationDone(finish_reason="stop", prompt_tokens=50, completion_tokens=1, model=self.model_name)
+
+    def stream_completion(self, prompt: CompletionPrompt, params: SamplingParams) -> AsyncIterator[GenerationEvent]:
+        raise NotImplementedError
+
+
+async def test_a_judge_call_never_delays_an_escalated_answer() -> None:
+    book, grader = QuestionBook(), GatedJudge()
+    config = {**ALWAYS, "judge": {"type": "llm", "backend": "grader"}}
+    strategy, store, runner = selfcal_cascade(book, config, threshold=-1.0, judges={"grader": grader})
+    await strategy.start()
+    text, record = await asyncio.wait_for(ask(strategy, book.put(-2.0, agree=False)), timeout=5)
+    assert text == "A" and record.extra["shadow"][0]["scheduled"] is True and runner.running == 1
+    assert [c.backend for c in record.calls] == ["small", "large"]  # the judge is not the client's
+    grader.gate.set()
+    await runner.drain()
+    (label,) = store.label_lists[("cascade", 0)]
+    assert label.agree and label.judge == "llm" and label.detail == {"reply": "SAME"}
+    assert [(c.backend, c.used, c.purpose) for c in runner.records[0].calls] == [("grader", False, "judge")]
 
 
 class Unready(ScriptedTier):

@@ -18,6 +18,8 @@ from typing import Any
 
 import httpx
 import jsonschema
+import numpy as np
+import numpy.typing as npt
 import pytest
 from openai import OpenAI
 from pydantic import BaseModel
@@ -27,13 +29,13 @@ from gateway.core.backend import ChatMessage, CompletionPrompt, SamplingParams, 
 from gateway.core.errors import InvalidRequestError
 from gateway.core.record import RequestRecord
 from gateway.core.strategy import ChatRequestView, GatewayResources, RequestContext
-from gateway.core.structured.grammar import GrammarCompiler, grammar_for
+from gateway.core.structured.grammar import Constraint, GrammarCompiler, grammar_for
 from gateway.core.structured.tool_calls import ToolCall, invalid_arguments
 from loadtests.speculative_models import agreement
 from routers.speculative.config import SpeculativeStrategy
 from routers.speculative.strategy import Speculative
 from tests.inprocess import InProcessGateway
-from tests.local_engine_support import ENGINES, chat, complete, started
+from tests.local_engine_support import ENGINES, chat, collect, complete, started
 
 CITY = {"type": "object", "properties": {
     "name": {"type": "string"}, "country": {"type": "string"}, "population_millions": {"type": "number"},
@@ -62,7 +64,9 @@ class Person(BaseModel):
 EXTRACT = "Alice is 30 years old and lives in Oslo. Extract her name, age and city."
 
 
-@pytest.fixture(scope="module", params=ENGINES)
+# The transformers engine (fp32 torch, the numerical reference) takes ~4x llama.cpp's time here: slow tier.
+@pytest.fixture(scope="module", params=[pytest.param(e, marks=[pytest.mark.slow] if e == "transformers" else [])
+                                        for e in ENGINES])
 async def backend(request: pytest.FixtureRequest, model_cache: None) -> AsyncIterator[LocalModelBackend]:
     async with started(request.param, context_length=2048) as backend:
         yield backend
@@ -128,6 +132,36 @@ async def test_forced_tool_call_is_well_formed(backend: LocalModelBackend) -> No
     assert invalid_arguments(call, [weather]) is None
 
 
+class DeadEnd(Constraint):
+    """A real constraint that allows nothing after a few tokens (a grammar at a dead end: the
+    fault llguidance reports when a step exceeds its resource limits)."""
+
+    def __init__(self, real: Constraint, after: int) -> None:
+        super().__init__(real.matcher, real.vocab_size)
+        self.left = after
+
+    def allowed(self) -> npt.NDArray[np.bool_]:
+        self.left -= 1
+        return super().allowed() if self.left >= 0 else np.zeros(self.vocab_size, dtype=np.bool_)
+
+
+async def test_a_grammar_dead_end_is_a_400_not_a_backend_failure(backend: LocalModelBackend,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    params = SamplingParams(max_tokens=40, temperature=0.0, extra={"response_format": json_schema_format(CITY)})
+    real = await backend.constraint(params)
+    assert real is not None
+
+    async def dead_end(_: SamplingParams) -> Constraint:
+        return DeadEnd(real, after=3)
+
+    monkeypatch.setattr(backend, "constraint", dead_end)
+    with pytest.raises(InvalidRequestError) as caught:
+        await collect(backend.stream_chat([ChatMessage(role="user", content=ASK)], params))
+    assert caught.value.param == "response_format" and "allows no next token" in caught.value.message
+    monkeypatch.undo()
+    assert (await chat(backend, "Say hello.", max_tokens=4)).done is not None  # the engine serves on
+
+
 async def test_compiled_grammars_are_cached_in_a_bounded_lru(backend: LocalModelBackend) -> None:
     grammars = backend.grammars
     params = SamplingParams(extra={"response_format": json_schema_format(CITY)})
@@ -135,9 +169,10 @@ async def test_compiled_grammars_are_cached_in_a_bounded_lru(backend: LocalModel
     before = grammars.compiles
     first, second = await backend.constraint(params), await backend.constraint(params)
     assert grammars.compiles == before  # cached: no compile for a schema seen before
-    assert first is not None and second is not None and first.matcher is not second.matcher
-    first.advance(first.allowed().nonzero()[0][0].item())  # one sequence's state is its own
-    assert second.allowed().sum() != first.allowed().sum() or not first.matcher.is_error()
+    assert first is not None and second is not None
+    start = second.allowed()
+    assert first.advance(int(np.flatnonzero(start)[0]))  # one sequence's state is its own
+    assert np.array_equal(second.allowed(), start) and not np.array_equal(first.allowed(), start)
     for size in range(grammars.capacity + 2):
         await backend.constraint(SamplingParams(extra={"response_format": json_schema_format(
             {"type": "array", "items": {"type": "integer"}, "maxItems": size + 1})}))
@@ -172,6 +207,15 @@ async def test_slow_compiles_are_refused_once(backend: LocalModelBackend) -> Non
             compiler.constraint(grammar)
         assert caught.value.param == "response_format" and "to compile" in caught.value.message
     assert compiler.compiles == 1
+
+
+async def test_concurrent_requests_for_one_schema_share_its_compile(backend: LocalModelBackend) -> None:
+    compiler = GrammarCompiler(backend.grammars.tokenizer, backend.grammars.vocab_size)
+    schema = {"type": "object", "properties": {f"q{i}": {"type": "integer"} for i in range(600)}}
+    grammar = grammar_for({"response_format": json_schema_format(schema)})
+    assert grammar is not None
+    constraints = await asyncio.gather(*(asyncio.to_thread(compiler.constraint, grammar) for _ in range(3)))
+    assert compiler.compiles == 1 and len({id(c.matcher) for c in constraints}) == 3
 
 
 def _is_json(text: str) -> bool:
@@ -210,6 +254,12 @@ def test_openai_parse_with_a_pydantic_model(client: OpenAI) -> None:
     parsed = completion.choices[0].message.parsed
     assert isinstance(parsed, Person) and completion.choices[0].finish_reason == "stop"
     assert parsed.age == 30  # the answer is the model's own, within the schema
+
+
+def test_responses_parse_with_a_pydantic_model(client: OpenAI) -> None:
+    """/v1/responses' ``text.format`` becomes chat's response_format: constrained the same way."""
+    response = client.responses.parse(model="slm", input=EXTRACT, text_format=Person, max_output_tokens=100)
+    assert isinstance(response.output_parsed, Person) and response.status == "completed"
 
 
 def test_streamed_json_schema_validates(client: OpenAI) -> None:

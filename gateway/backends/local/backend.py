@@ -42,7 +42,7 @@ from gateway.core.backend import (
 from gateway.core.detokenize import StopMatcher
 from gateway.core.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
 from gateway.core.structured.checks import function_tools
-from gateway.core.structured.grammar import Constraint, GrammarCompiler, compile_constraint
+from gateway.core.structured.grammar import Constraint, GrammarCompiler, compile_constraint, grammar_param
 from gateway.core.structured.tool_events import with_tool_calls
 
 logger = logging.getLogger(__name__)
@@ -237,6 +237,9 @@ class LocalModelBackend(Backend):
                 else:
                     if item.reason == "error":
                         raise UpstreamError(f"local generation failed: {item.error}", backend=self.name)
+                    if item.reason == "constraint":  # the schema's fault, not the backend's: a 400
+                        raise InvalidRequestError(f"the grammar could not be followed: {item.error}",
+                                                  param=grammar_param(params.extra))
                     tail = stops.flush()
                     if tail:
                         yield TokenChunk(text=tail)

@@ -38,7 +38,7 @@ class PromptScores:
 
 @dataclass(slots=True)
 class EngineFinished:
-    reason: str  # "stop" | "length" | "cancelled" | "error"
+    reason: str  # "stop" | "length" | "cancelled" | "error" | "constraint" (the grammar allowed no token)
     prompt_tokens: int
     completion_tokens: int
     error: str | None = None

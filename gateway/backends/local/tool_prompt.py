@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.core.backend import ChatMessage
-from gateway.core.errors import InvalidRequestError
 from gateway.core.structured.tool_calls import CLOSE, OPEN
 
 # (messages as template dicts, tools or None) -> the rendered prompt, generation prompt added.
@@ -59,7 +58,7 @@ def _renders(render: RenderFn, messages: list[dict[str, Any]], tools: list[dict[
              marker: str) -> bool:
     try:
         return marker in render(messages, tools)
-    except InvalidRequestError:  # the template refuses such a conversation: it has no support
+    except Exception:  # refused (raise_exception) or broke on it: no support, and never a failed model load
         return False
 
 

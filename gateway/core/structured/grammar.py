@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,9 +33,11 @@ if TYPE_CHECKING:
     from llguidance._lib import JsonCompileOptions
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
-# Resource bounds for one grammar (llguidance's LLParserLimits). "fuel" is work: the lexer
-# build runs ~50k units per ms, so these bound its part of a compile to ~20 ms and one token's
-# mask to ~15 ms; a grammar that needs more is refused (400) instead of stalling the engine.
+# Resource bounds for one grammar (llguidance's LLParserLimits: its defaults, but 100k lexer
+# states rather than 250k, ~1-2 kB each). "fuel" is work: ~50k units per ms for the lexer build,
+# so its part of a compile stays near 20 ms, and ~14k per ms for one token's mask (~15 ms at
+# most); a grammar that needs more is refused (400) instead of stalling the engine. These do
+# not bound everything a compile does: GrammarCompiler times it too.
 INITIAL_LEXER_FUEL, STEP_LEXER_FUEL = 1_000_000, 200_000
 MAX_GRAMMAR_SIZE, MAX_LEXER_STATES = 500_000, 100_000
 MAX_SCHEMA_CHARS = 100_000  # a longer schema is refused before llguidance sees it
@@ -211,8 +214,13 @@ class GrammarCompiler:
                 entry.set_result(self._compile(tokenizer, grammar, param))
             except InvalidRequestError as exc:
                 entry.set_exception(exc)
+        try:
+            template = entry.result(timeout=self.max_compile_s)  # another thread's compile: wait as long
+        except FutureTimeout:
+            raise InvalidRequestError(f"the schema did not compile within {self.max_compile_s:g} s: simplify "
+                                      "it (fewer optional properties or alternatives)", param=param) from None
         # A copy shares the compiled lexer and grammar; only the parse state is per sequence.
-        return Constraint(entry.result().deep_copy(), self.vocab_size)
+        return Constraint(template.deep_copy(), self.vocab_size)
 
     def _compile(self, tokenizer: Any, grammar: str, param: str) -> Any:
         import llguidance
@@ -220,7 +228,8 @@ class GrammarCompiler:
         started = time.perf_counter()
         matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_limits())
         seconds = time.perf_counter() - started
-        self.compiles += 1
+        with self._lock:
+            self.compiles += 1
         if matcher.is_error():
             raise InvalidRequestError(f"the grammar cannot be enforced: {matcher.get_error()}", param=param)
         if seconds > self.max_compile_s:

@@ -158,8 +158,10 @@ async def answers_for(name: str, backend: Backend, items: Sequence[LabelledItem]
             cache.save()  # a long run interrupted keeps what it has
 
     if missing:
-        await gather_bounded([partial(generate, i) for i in missing], concurrency, description)
-        cache.save()
+        try:
+            await gather_bounded([partial(generate, i) for i in missing], concurrency, description)
+        finally:
+            cache.save()  # also when interrupted (Ctrl-C, a deadline): keep every answer finished
     verdicts = [cache.rows[k].get("graded") for k in keys]
     answers = list(await asyncio.gather(*(asyncio.to_thread(_decode, cache.rows[k], it)
                                           for k, it in zip(keys, items, strict=True))))

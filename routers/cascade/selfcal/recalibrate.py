@@ -2,12 +2,13 @@
 
 One refit (:func:`refit`, pure and synchronous, run in a worker thread):
 
-1. **Drift alarm.** On the newest labels (spans of 1/8 to all of ``drift.window``), at the
-   current threshold: the Clopper–Pearson *lower* bound on the kept answers' disagreement.
-   Above the target, the current threshold is wrong with confidence ``drift.confidence`` — not
-   merely unproven — so it is tightened at once, whatever the label count, to the threshold
-   those newest labels certify (escalate everything if they certify none), and older labels are
-   set aside (``labels_since``): they describe traffic that is gone. Reason ``drift``.
+1. **Drift alarm** (:func:`drift_evidence`). On the newest labels (spans of 1/8 to all of
+   ``drift.window``), at the current threshold: the Clopper–Pearson *lower* bound on the kept
+   answers' disagreement. Above the target, the current threshold is wrong with confidence
+   ``drift.confidence`` — not merely unproven — so it is tightened at once, whatever the label
+   count, to the threshold those newest labels certify (escalate everything if they certify
+   none), and older labels are set aside (``labels_since``): they describe traffic that is
+   gone. Reason ``drift``.
 2. **Too few labels** (fewer than ``min_labels`` since the last alarm): the threshold is held —
    never loosened on little evidence. Reason ``held`` (``initial`` for the first state).
 3. **Otherwise** the threshold is the one Learn-then-Test certifies on the window
@@ -113,16 +114,15 @@ def refit(labels: Sequence[Label], current: CalibrationState | None, target: Tie
     scores = np.array([label.score for label in labels], dtype=float)
     disagree = np.array([not label.agree for label in labels], dtype=bool)
     held = current.threshold if current is not None else target.configured_threshold
-    recent = slice(max(0, len(labels) - config.drift.window), len(labels))
     window = slice(max(0, len(labels) - config.window), len(labels))
     if target.kept_only:
         if drift_only:
             return None
         test = bound_at(scores[window], disagree[window], -ESCALATE_ALL, config.confidence)
         return _state(target, held, test, "monitor", now, scores[window], disagree[window], since)
-    evidence = drift_evidence(scores[recent], disagree[recent], held, config)
+    evidence = drift_evidence(scores, disagree, held, config)
     if evidence is not None:
-        alarm, confidence = evidence
+        alarm = evidence.recent
         tail = slice(len(labels) - alarm.total, len(labels))  # the newest labels that showed it
         selection = select_threshold(scores[tail], disagree[tail], config.max_disagreement,
                                      config.confidence, config.candidates, target.start)
@@ -131,8 +131,9 @@ def refit(labels: Sequence[Label], current: CalibrationState | None, target: Tie
         threshold = selection.threshold if selection.threshold > held else ESCALATE_ALL
         logger.info("self-calibration drift evidence: model %s tier %d, %d of the %d kept among the newest %d "
                     "labels disagree (lower bound %.3f > target %.3f) at threshold %.4f -> %.4g", target.model,
-                    target.tier, alarm.disagree, alarm.kept, alarm.total, cp_lower(alarm.disagree, alarm.kept,
-                    confidence), config.max_disagreement, held, threshold)
+                    target.tier, alarm.disagree, alarm.kept, alarm.total,
+                    cp_lower(alarm.disagree, alarm.kept, evidence.confidence), config.max_disagreement, held,
+                    threshold)
         test = bound_at(scores[tail], disagree[tail], threshold, config.confidence)
         return _state(target, threshold, test, "drift", now, scores[tail], disagree[tail],
                       labels[tail.start].created_at)
@@ -153,21 +154,34 @@ def refit(labels: Sequence[Label], current: CalibrationState | None, target: Tie
 DRIFT_SCALES = (8, 4, 2, 1)  # the newest window/8, /4, /2 and the whole drift window are each tested
 
 
-def drift_evidence(scores: FloatArray, disagree: BoolArray, threshold: float,
-                   config: SelfCalibration) -> tuple[ThresholdTest, float] | None:
-    """Whether the newest labels prove the target broken at ``threshold``: (the test on the
-    shortest span of newest labels that does, the confidence it was tested at), else None.
+@dataclass(frozen=True, slots=True)
+class DriftEvidence:
+    recent: ThresholdTest  # the current threshold on the shortest span of newest labels that proved it broken
+    confidence: float  # the confidence each span was tested at
 
-    Several spans, because a sharp drift shows in the newest few labels long before it moves a
-    long window's rate, and a mild one only in a long window. Each span is tested at
-    ``1 - (1 - drift.confidence) / spans`` (Bonferroni), so one check raises a false alarm with
-    probability at most ``1 - drift.confidence``."""
+
+def drift_evidence(scores: FloatArray, disagree: BoolArray, threshold: float,
+                   config: SelfCalibration) -> DriftEvidence | None:
+    """Whether the newest labels prove the current threshold broken, else None. ``scores`` and
+    ``disagree`` are the labels since the last alarm, oldest first.
+
+    Several spans of newest labels, because a sharp drift shows in the newest few long before it
+    moves a long window's rate, and a mild one only over more labels. A span proves it when the
+    Clopper–Pearson lower bound on its kept answers' disagreement exceeds the target, each span
+    tested at ``1 - (1 - drift.confidence) / spans`` (Bonferroni), so one check raises a false
+    alarm with probability at most ``1 - drift.confidence`` while traffic stays alike.
+
+    Not compared with the labels before the span: those chose the current threshold, so at that
+    threshold their disagreement is biased low (the threshold sits where they happened to look
+    good), and a test of "worse than before" would cry wolf after every loosening.
+    """
     lengths = sorted({max(1, config.drift.window // scale) for scale in DRIFT_SCALES})
     confidence = 1.0 - (1.0 - config.drift.confidence) / len(lengths)
     for length in lengths:
-        test = bound_at(scores[-length:], disagree[-length:], threshold, confidence)
-        if cp_lower(test.disagree, test.kept, confidence) > config.max_disagreement:
-            return test, confidence
+        span = min(length, len(scores))
+        recent = bound_at(scores[len(scores) - span:], disagree[len(scores) - span:], threshold, confidence)
+        if cp_lower(recent.disagree, recent.kept, confidence) > config.max_disagreement:
+            return DriftEvidence(recent, confidence)
     return None
 
 

@@ -39,7 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.selfcal import CalibrationState, Label, SelfCalibrationStore
+from gateway.core.selfcal import ESCALATE_ALL, CalibrationState, Label, SelfCalibrationStore
 from gateway.core.strategy import ChatRequestView, GatewayResources, RequestContext
 from routers.cascade.config import CascadeStrategy, CascadeTier
 from routers.cascade.selfcal.config import SelfCalibration
@@ -175,7 +175,9 @@ class TierCalibrator:
                     for call in ctx.record.calls:
                         call.used, call.purpose = False, SHADOW_PURPOSE
             verdict = await self.judge.judge(request, small, large, ctx)
-            label = Label(model=self.target.model, tier=self.target.tier, score=score, kept=kept,
+            # An answer with no tokens scores -inf: escalated by any threshold; stored finite (JSON).
+            finite = score if math.isfinite(score) else -ESCALATE_ALL
+            label = Label(model=self.target.model, tier=self.target.tier, score=finite, kept=kept,
                           agree=verdict.agree, judge=self.judge.type, small_text=small.as_text(),
                           large_text=large.as_text(), request_id=request_id, created_at=time.time(),
                           detail=verdict.detail)

@@ -102,7 +102,7 @@ class GenerateJob(Job):
         try:
             draw = request.draw(logits)
         except ConstraintError as exc:
-            self.fail(str(exc))
+            request.emit(EngineFinished("constraint", self.prompt_length, request.generated, str(exc)))
             return True
         request.generated += 1
         if self.is_eos(draw.token_id):

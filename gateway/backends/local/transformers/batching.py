@@ -165,7 +165,7 @@ class TorchBatcher:
         try:
             draw = request.draw(logits)
         except ConstraintError as exc:
-            request.emit(EngineFinished("error", prompt, request.generated, str(exc)))
+            request.emit(EngineFinished("constraint", prompt, request.generated, str(exc)))
             return None
         request.generated += 1
         if draw.token_id in self._eos:
