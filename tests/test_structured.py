@@ -100,3 +100,25 @@ def test_response_format_grammars(tokenizer: Any) -> None:
     any_object = grammar_for({"response_format": {"type": "json_object"}})
     assert any_object is not None and _accepts(tokenizer, any_object, '{"a": [1, 2]}')
     assert grammar_for({"response_format": {"type": "text"}}) is None
+
+
+def test_auto_tool_choice_with_a_response_format_allows_a_call_or_the_formatted_answer(tokenizer: Any) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+              "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    for choice in ("auto", None):
+        extra: dict[str, Any] = {"tools": [WEATHER], "response_format": fmt}
+        if choice is not None:
+            extra["tool_choice"] = choice
+        grammar = grammar_for(extra)
+        assert grammar is not None
+        assert _accepts(tokenizer, grammar, '{"answer": "Paris"}')
+        assert _accepts(tokenizer, grammar, '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+                                            '</tool_call>')
+        assert not _accepts(tokenizer, grammar, '{"reply": "Paris"}')
+        assert not _accepts(tokenizer, grammar, "Paris")
+    # tool_choice none: the tools are not shown, the answer follows the format only.
+    only_format = grammar_for({"tools": [WEATHER], "tool_choice": "none", "response_format": fmt})
+    assert only_format is not None
+    assert not _accepts(tokenizer, only_format, '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}'
+                                                '</tool_call>')

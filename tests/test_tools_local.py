@@ -381,8 +381,6 @@ def test_qwen_auto_call_and_its_result(qwen: OpenAI) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="Qwen2.5's <tool_call> is token 151657: llguidance's mask allows it at the "
-                                       "grammar's start but consume_token rejects it (a 502); grammar side, issue 19")
 def test_qwen_required_call(qwen: OpenAI) -> None:
     reply = qwen.chat.completions.create(model="qwen", messages=ASK_WEATHER, tools=TOOLS, tool_choice="required",
                                          parallel_tool_calls=False, max_tokens=60, temperature=0)

@@ -40,6 +40,7 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 # not bound everything a compile does: GrammarCompiler times it too.
 INITIAL_LEXER_FUEL, STEP_LEXER_FUEL = 1_000_000, 200_000
 MAX_GRAMMAR_SIZE, MAX_LEXER_STATES = 500_000, 100_000
+TOOL_MARKER_RULES = (("tool_open", "<tool_call>"), ("tool_close", "</tool_call>"))
 MAX_SCHEMA_CHARS = 100_000  # a longer schema is refused before llguidance sees it
 # How constrained JSON is laid out. Fixed separators: a small model given free whitespace may
 # pad forever instead of closing. ", " and ": " (json.dumps's own) rather than none: SmolLM2
@@ -56,9 +57,7 @@ def _limits() -> Any:
                                      max_grammar_size=MAX_GRAMMAR_SIZE, max_lexer_states=MAX_LEXER_STATES)
 
 
-def _json_grammar(schema: dict[str, Any]) -> str:
-    import llguidance
-
+def _check_schema(schema: dict[str, Any]) -> None:
     try:
         size = len(json.dumps(schema))
     except (RecursionError, ValueError):  # nested deeper than Python's recursion limit, or circular
@@ -66,11 +65,28 @@ def _json_grammar(schema: dict[str, Any]) -> str:
     if size > MAX_SCHEMA_CHARS:
         raise InvalidRequestError(f"the JSON schema is longer than {MAX_SCHEMA_CHARS} characters",
                                   param="response_format")
+
+
+def _json_grammar(schema: dict[str, Any]) -> str:
+    import llguidance
+
+    _check_schema(schema)
     try:
         grammar: str = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
     except ValueError as exc:
         raise InvalidRequestError(f"the JSON schema cannot be enforced: {exc}", param="response_format") from None
     return grammar
+
+
+def _format_schema(params_extra: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema ``response_format`` asks the answer to follow, or None (free text)."""
+    fmt = params_extra.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema: dict[str, Any] = (fmt.get("json_schema") or {}).get("schema") or ANY_OBJECT
+        return schema
+    if fmt.get("type") == "json_object":
+        return ANY_OBJECT
+    return None
 
 
 def _call_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
@@ -100,22 +116,33 @@ def grammar_param(params_extra: dict[str, Any]) -> str:
     return "tools" if forces_tool_call(params_extra) else "response_format"
 
 
+def _call_rules(tools: list[dict[str, Any]], name: str | None) -> tuple[str, ...]:
+    """The ``call`` rule: one ``<tool_call>`` block whose JSON is a call of one of ``tools``.
+    The markers are rules of their own so that a tokenizer with ``<tool_call>`` as one special
+    token (Qwen2.5) can have them rewritten to that token (:func:`_for_tokenizer`)."""
+    call = json.dumps(_call_schema(tools, name))
+    return (f"call: tool_open %json {call} tool_close",
+            *(f'{rule}: "{marker}"' for rule, marker in TOOL_MARKER_RULES))
+
+
 def grammar_for(params_extra: dict[str, Any]) -> str | None:
     """The grammar a request's ``response_format`` / ``tool_choice`` asks for, or None."""
     choice = params_extra.get("tool_choice")
     tools = params_extra.get("tools") or []
+    many = params_extra.get("parallel_tool_calls") is not False
+    calls = 'call ("\\n" call)*' if many else "call"
     if forces_tool_call(params_extra):
         name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
-        call = json.dumps(_call_schema(tools, name))
-        many = params_extra.get("parallel_tool_calls") is not False and name is None
-        block = f'"<tool_call>" %json {call} "</tool_call>"'
-        return f"start: {block}" + (f' ("\\n" {block})*' if many else "")
-    fmt = params_extra.get("response_format") or {}
-    if fmt.get("type") == "json_schema":
-        return _json_grammar((fmt.get("json_schema") or {}).get("schema") or ANY_OBJECT)
-    if fmt.get("type") == "json_object":
-        return _json_grammar(ANY_OBJECT)
-    return None
+        return "\n".join((f"start: {calls if name is None else 'call'}", *_call_rules(tools, name)))
+    schema = _format_schema(params_extra)
+    if schema is None:
+        return None
+    if choice in (None, "auto") and any(tool.get("type") == "function" for tool in tools):
+        # OpenAI's "auto" with a response_format: the model may call tools, or answer in the format.
+        _check_schema(schema)
+        answer = json.dumps({**schema, "x-guidance": JSON_LAYOUT})
+        return "\n".join((f"start: answer | {calls}", f"answer: %json {answer}", *_call_rules(tools, None)))
+    return _json_grammar(schema)
 
 
 class Constraint:
@@ -226,7 +253,7 @@ class GrammarCompiler:
         import llguidance
 
         started = time.perf_counter()
-        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0, limits=_limits())
+        matcher = llguidance.LLMatcher(tokenizer, _for_tokenizer(tokenizer, grammar), log_level=0, limits=_limits())
         seconds = time.perf_counter() - started
         with self._lock:
             self.compiles += 1
@@ -236,6 +263,20 @@ class GrammarCompiler:
             raise InvalidRequestError(f"the schema took {seconds:.1f} s to compile (limit {self.max_compile_s:g} s): "
                                       "simplify it (fewer optional properties or alternatives)", param=param)
         return matcher
+
+
+def _for_tokenizer(tokenizer: Any, grammar: str) -> str:
+    """``grammar`` with each tool-call marker rule rewritten to the special token, where the
+    vocabulary has the marker as one special token: the model writes that token, and llguidance
+    matches a special token only by its ``<name>`` reference, never as the quoted text."""
+    for rule, marker in TOOL_MARKER_RULES:
+        line = f'\n{rule}: "{marker}"'  # a line of its own: never text inside a %json schema
+        if line not in grammar:
+            continue
+        ids = tokenizer.tokenize_str(marker)
+        if len(ids) == 1 and tokenizer.is_special_token(ids[0]):
+            grammar = grammar.replace(line, f"\n{rule}: {marker}")
+    return grammar
 
 
 async def compile_constraint(compiler: GrammarCompiler, params_extra: dict[str, Any]) -> Constraint | None:
