@@ -160,6 +160,25 @@ def test_worst_case_estimate_covers_every_reachable_priced_backend() -> None:
     assert worst_case(policy, "slm", 100, 50) == (0, 150)
 
 
+def test_a_self_calibration_judge_is_never_in_the_clients_hold() -> None:
+    """Judge and shadow calls are the gateway's spend (a shadow record): a priced judge backend must
+    not inflate the reservation a client's key is asked for, though the policy check sees it."""
+    policy = Policy.model_validate({
+        "backends": {
+            "slm": {"type": "local", "model": "smollm2"},
+            "llm": {"type": "openai", "base_url": "http://x/v1", "model": "m", "price": {"output_per_1m": 10.0}},
+            "judge": {"type": "openai", "base_url": "http://x/v1", "model": "j", "price": {"output_per_1m": 1000.0}},
+        },
+        "models": {"auto": {"type": "cascade", "tiers": [
+            {"backend": "slm", "threshold": -1.0, "self_calibration": {
+                "judge": {"type": "llm", "backend": "judge"}, "max_disagreement": 0.05}},
+            {"backend": "llm"}]}},
+    })
+    assert "judge" in policy.models["auto"].referenced_backends()
+    assert reachable_backends(policy, "auto") == ["slm", "llm"]
+    assert worst_case(policy, "auto", 100, 50)[0] == round(50 * 10.0 / 1e6 * NANO_PER_USD)
+
+
 def test_expiry_forms() -> None:
     now = 1_000_000.0
     assert parse_expiry("30d", now) == now + 30 * 86400

@@ -67,7 +67,7 @@ def reachable_backends(policy: Policy, model: str) -> list[str]:
         if config is None or name in seen_models:
             continue
         seen_models.add(name)
-        named = list(config.referenced_backends())
+        named = list(config.billed_backends())
         # Bare targets (rules, learned) resolve backend first, then model, when the strategy starts.
         for target in getattr(config, "referenced_targets", list)():
             if target in policy.backends:

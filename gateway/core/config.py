@@ -27,6 +27,11 @@ class StrategyBase(BaseModel):
         """Backend names this strategy calls directly."""
         return []
 
+    def billed_backends(self) -> list[str]:
+        """The backends a client's request may be billed for: all it calls directly, unless some
+        run only on the gateway's own account (a cascade's self-calibration judges)."""
+        return self.referenced_backends()
+
     def referenced_models(self) -> list[str]:
         """Other public models (strategies) this strategy delegates to."""
         return []

@@ -127,6 +127,10 @@ class CascadeStrategy(StrategyBase):
                 names.append(judge)
         return names
 
+    def billed_backends(self) -> list[str]:
+        # Judges and shadow calls are the gateway's spend (a shadow record, never the client's key).
+        return self.tier_backends()
+
     def referenced_models(self) -> list[str]:
         return [tier.backend.removeprefix("model:") for tier in self.tiers if tier.backend.startswith("model:")]
 
