@@ -317,6 +317,18 @@ def test_cascade_escalates_content_that_fails_the_schema(gateway: tuple[InProces
     assert record.extra["structural"] == [{"tier": "small-up", "reason": "response_format: 'fake' is too short"}]
 
 
+def test_cascade_escalates_a_schema_the_local_tier_cannot_enforce(gateway: tuple[InProcessGateway, FakeUpstream],
+                                                                  client: OpenAI) -> None:
+    process, fake = gateway
+    fmt: Any = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "string", "pattern": "(a|b"}}}
+    before, sent = len(process.sink.records), len(fake.recorded)
+    client.chat.completions.create(model="cascade", messages=[{"role": "user", "content": "Hi."}], response_format=fmt)
+    record = last_record(process, before)
+    assert record.escalated and [c.used for c in record.calls] == [False, True]
+    assert record.extra["structural"][0]["reason"].startswith("response_format: ")
+    assert fake.recorded[sent]["body"]["response_format"] == fmt  # the upstream got the schema, unchanged
+
+
 def test_handoff_cascade_checks_tool_answers_whole(gateway: tuple[InProcessGateway, FakeUpstream],
                                                    client: OpenAI) -> None:
     process, _ = gateway

@@ -27,7 +27,7 @@ from gateway.core.backend import (
     TokenLogprob,
     unsupported_parameter,
 )
-from gateway.core.errors import UpstreamUnavailableError
+from gateway.core.errors import InvalidRequestError, UpstreamUnavailableError
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from gateway.core.structured.checks import structural_problem
 from gateway.core.structured.tool_calls import merge_tool_fragments
@@ -42,6 +42,8 @@ from routers.cascade.selfcal.judges.base import Answer
 from routers.cascade.selfcal.sampler import NextAnswer, PendingPair, build_calibrators
 
 CONFIDENCE_HEADER = "x-slm-gateway-confidence"
+# A tier that refuses these (a schema it cannot compile) escalates instead of failing the request.
+GRAMMAR_PARAMS = frozenset({"response_format", "tools"})
 
 
 def client_chunk(event: TokenChunk, params: SamplingParams) -> TokenChunk:
@@ -221,6 +223,15 @@ class Cascade(Strategy[CascadeStrategy]):
                     logprobs.extend(event.logprobs)
                     if check is not None and not all(check.add(t) for t in event.logprobs):
                         break  # escalation is certain: stop generating a doomed answer
+            except InvalidRequestError as exc:
+                if exc.param not in GRAMMAR_PARAMS:
+                    raise
+                # This tier cannot enforce the schema (or its grammar hit a dead end): the next
+                # tier may (an upstream with its own structured outputs); a client error only if none can.
+                ctx.record.extra.setdefault("structural", []).append(
+                    {"tier": tier.backend, "reason": f"{exc.param}: {exc.message}"})
+                ctx.last_call().used = False
+                continue
             finally:
                 await stream.aclose()  # type: ignore[attr-defined]
             raw, score = self._score(tier, logprobs)
