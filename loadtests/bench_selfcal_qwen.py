@@ -123,8 +123,8 @@ def question_key(messages: Sequence[ChatMessage]) -> str:
     return next(m.content for m in reversed(messages) if m.role == "user")
 
 
-def cascade_config(sample_rate: float, scorer: str, threshold: float, target: float) -> dict[str, Any]:
-    selfcal = {"judge": {"type": "normalized", "extract": "letter"}, "sample_rate": sample_rate,
+def cascade_config(sample_rate: float, scorer: str, threshold: float, target: float, apply: bool) -> dict[str, Any]:
+    selfcal = {"judge": {"type": "normalized", "extract": "letter"}, "sample_rate": sample_rate, "apply": apply,
                "max_concurrent": 64, "budget_usd_per_day": 100.0, "max_disagreement": target, "confidence": 0.95,
                "min_labels": 60, "refit_every": 20, "window": 2000, "candidates": 20}
     return {"type": "cascade", "mode": "buffer",
@@ -135,7 +135,7 @@ def cascade_config(sample_rate: float, scorer: str, threshold: float, target: fl
 async def replay_run(items: list[LabelledItem], answers: dict[str, list[BackendAnswer]], seed: int,
                      args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """One pass of the real strategy + service over the questions, in a seeded order."""
-    config = cascade_config(args.sample_rate, args.scorer, args.threshold, args.target)
+    config = cascade_config(args.sample_rate, args.scorer, args.threshold, args.target, not args.monitor_only)
     policy = parse_policy({"version": 1, "gateway": {"reference_llm": "large"},
                            "backends": {name: {"type": "echo", "price": price} for name, price in PRICES.items()},
                            "models": {"cascade": config}})
@@ -167,6 +167,9 @@ async def replay_run(items: list[LabelledItem], answers: dict[str, list[BackendA
                 pass
             finalize_record(record, policy.backends["large"].price)
             await accounting.submit(record)
+            # Replayed answers come back in microseconds; real ones take seconds, in which the shadow
+            # job labels and refits. Waiting for it keeps the state's pace that of a real deployment.
+            await service.jobs.wait_idle(60)
             if not record.escalated:  # measured with the labels' own judge, on the pair both tiers gave
                 small, large = Answer(answers["small"][index].text), Answer(answers["large"][index].text)
                 verdict = await judge.judge(request, small, large, RequestContext(record, resources))
@@ -204,15 +207,17 @@ def report(args: argparse.Namespace, items: list[LabelledItem], answers: dict[st
     gaps = [abs(run["estimate"] - run["measured"]) for run in runs if run["estimate"] is not None] or [math.nan]
     widths = [run["high"] - run["low"] for run in runs if run["low"] is not None] or [math.nan]
     state = first["state"]
+    mode = "apply: false, monitoring only" if args.monitor_only else "apply: true"
     final = "no refit stored" if state is None else (
-        f"threshold {state.threshold:.4f} (raw), version {state.version}, reason {state.reason}, disagreement "
+        f"threshold {state.threshold:.4g} (raw), version {state.version}, reason {state.reason}, disagreement "
         f"bound {state.disagreement_bound:.3f} on {state.labels_used} labels, keeping {state.kept_share:.1%} of them")
     lines = [
         "## Self-calibrating cascade on the shipped pair: estimated vs measured agreement of kept answers",
         "",
         f"`{COMMAND} --questions {args.questions}{f' --first {args.first}' if args.first else ''} "
         f"--replays {args.replays} --sample-rate {args.sample_rate} "
-        f"--scorer {args.scorer} --threshold {args.threshold} --target {args.target}` — {machine_line()}; "
+        f"--scorer {args.scorer} --threshold {args.threshold} --target {args.target}"
+        f"{' --monitor-only' if args.monitor_only else ''}` — {machine_line()}; "
         f"SLM_GATEWAY_THREADS=1; load average at start / end {load[0]:.1f} / {load[1]:.1f}; generating both "
         f"models' answers took {generation_s / 60:.0f} min (cached afterwards), the {args.replays} replays "
         "seconds each.",
@@ -220,7 +225,8 @@ def report(args: argparse.Namespace, items: list[LabelledItem], answers: dict[st
         f"{len(items)} MMLU dev questions (seeded sample), greedy, max_tokens 8. Qwen2.5-Coder-0.5B accuracy "
         f"{accuracy['small']:.3f}, 1.5B {accuracy['large']:.3f}; their answers agree (same letter) on "
         f"{agree_all:.1%} of all questions. Cascade: small tier scored by `{args.scorer}`, configured threshold "
-        f"{args.threshold}, `self_calibration` with the normalised-letter judge, sample rate {args.sample_rate}, "
+        f"{args.threshold}, `self_calibration` ({mode}) with the normalised-letter judge, sample rate "
+        f"{args.sample_rate}, "
         f"target disagreement {args.target} at 95 %, refit every 20 labels, loosening from 60 labels.",
         "",
         f"Seed {first['seed']}: {first['sentence']}. The cascade kept {first['kept']} of {len(items)} requests; "
@@ -266,6 +272,7 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="configured threshold (until a refit)")
     parser.add_argument("--target", type=float, default=0.15, help="max_disagreement")
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--monitor-only", action="store_true", help="apply: false (the configured threshold decides)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "slmgw-selfcal-qwen-mmlu.json")
     args = parser.parse_args()
     print(asyncio.run(main_async(args)))

@@ -204,6 +204,10 @@ def test_no_signal_is_said_in_plain_words() -> None:
     strong = signal_verdict("mean_logprob", {"mean_logprob": {"auroc": 0.8, "ci95": [0.7, 0.9]},
                                              "code_mean_logprob": {"auroc": 0.85, "ci95": [0.75, 0.93]}})
     assert strong.startswith("Signal") and "code_mean_logprob" in strong
+    # A constant scorer (AUROC 0.5 on every resample) is never named the best one.
+    flat = signal_verdict("mean_margin", {"mean_margin": {"auroc": 0.44, "ci95": [0.22, 0.68]},
+                                          "code_confident_share": {"auroc": 0.5, "ci95": [0.5, 0.5]}})
+    assert flat.startswith("NO SIGNAL: the best scorer (mean_margin, AUROC 0.44")
 
 
 @needs_data

@@ -170,4 +170,4 @@ async def test_a_stored_drift_state_raises_the_alarm_once(tmp_path: Path, caplog
     value = metrics.registry.get_sample_value("slm_gateway_selfcal_drift_alarms_total", {"model": "cascade",
                                                                                           "tier": "0"})
     assert value == 1.0
-    assert caplog.text.count("drift alarm") == 1 and "threshold 0.2500" in caplog.text
+    assert caplog.text.count("drift alarm") == 1 and "threshold 0.25 " in caplog.text

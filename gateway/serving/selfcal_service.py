@@ -55,7 +55,7 @@ class MeteredSelfCalStore:
         stored = await self.store.put_state(state)
         if stored and state.reason == DRIFT:
             logger.warning(
-                "self-calibration drift alarm: model %s tier %d tightened to threshold %.4f (disagreement bound "
+                "self-calibration drift alarm: model %s tier %d tightened to threshold %.4g (disagreement bound "
                 "%.3f at %.0f %% on %d labels, version %d)", state.model, state.tier, state.threshold,
                 state.disagreement_bound, state.confidence * 100, state.labels_used, state.version)
             if self._metrics is not None:

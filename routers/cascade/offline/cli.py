@@ -136,6 +136,9 @@ def signal_verdict(scorer: str, aurocs: dict[str, dict[str, Any]]) -> str:
     rated = [(name, entry) for name, entry in aurocs.items() if entry["auroc"] is not None]
     if not rated:
         return "No signal can be measured: the answers are all right or all wrong."
+    # A scorer with one value for every answer (e.g. a code scorer on one-letter answers) ranks
+    # nothing: its AUROC is 0.5 on every resample. It is not the "best" of anything.
+    rated = [(name, entry) for name, entry in rated if entry["ci95"] != [0.5, 0.5]] or rated
     best, entry = max(rated, key=lambda pair: pair[1]["auroc"])
     low, high = entry["ci95"] or (entry["auroc"], entry["auroc"])
     if low <= 0.5 <= high:

@@ -77,12 +77,11 @@ JudgeConfig = Annotated[ExactJudge | NormalizedJudge | JsonJudge | EmbeddingJudg
 
 class DriftCheck(StrictModel):
     """The alarm: every ``check_every`` labels, the newest 1/8, 1/4, 1/2 and all of ``window``
-    labels are tested at the tier's current threshold: when their kept answers' disagreement is
-    proven above the target (lower confidence bound), or is above it and significantly worse
-    than before them (Fisher's exact test) — each test at a Bonferroni share of
-    ``1 - confidence`` — the threshold is tightened at once, from those newest labels only
+    labels are tested at the tier's current threshold: when the lower confidence bound on their
+    kept answers' disagreement exceeds the target in one of them (each span at a Bonferroni share
+    of ``1 - confidence``), the threshold is tightened at once, from those newest labels only
     (``CalibrationState.reason == "drift"``). A sharp drift shows in the short spans within tens
-    of labels; a mild one over longer spans, or in the regular refits.
+    of labels; a mild one only over longer spans, or in the regular refits.
 
     The check repeats for as long as traffic flows, so each one must rarely cry wolf: at 0.999 a
     threshold whose kept disagreement sits exactly at the target raises a false alarm in at most
