@@ -382,9 +382,10 @@ async def test_adaptive_strategy_decodes_alone_on_a_compute_bound_target(streams
 
 
 async def test_adaptive_strategy_speculates_on_a_memory_bound_target() -> None:
-    # Long steps: the measured costs must stay memory-bound on a busy machine (5 rows ~ 1.08 steps).
+    # Long steps and a median of 3: the measured costs must stay memory-bound on a busy machine
+    # (5 rows ~ 1.08 steps; one repetition once measured 1.53 at load 11).
     target = ScriptedScorer(TARGET, step_seconds=0.05, row_cost=0.02)
-    spec = strategy({"ngram": {"k": 8}}, target_scorer=target, adaptive={"calibration_repeats": 1})
+    spec = strategy({"ngram": {"k": 8}}, target_scorer=target, adaptive={"calibration_repeats": 3})
     await spec.start()
     prompt = PROMPT * 3
     out, record = await complete(spec, prompt, 48)
