@@ -225,14 +225,14 @@ def plot(results: list[Outcome], sweep_cost: np.ndarray, sweep_quality: np.ndarr
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     ax.plot(sweep_cost, sweep_quality, color="grey",
             label=f"cascade threshold sweep (out-of-fold scores, n={len(results[0].correct)})")
     for o in results:
         ax.scatter([o.cost.sum()], [o.correct.mean()], label=o.name, zorder=3,
                    marker="x" if "speculative" in o.name else "o")
     ax.set(xlabel="cost of the problems (notional USD, code.yaml prices)", ylabel="pass@1", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside the plot: never over the curve
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -6,18 +6,21 @@ The Qwen2.5-Coder pair of policies/examples/code.yaml on the llama.cpp engine, t
 problems, each model's greedy answers generated and graded as ``slm-gateway eval`` does
 (:func:`ask_backend`). Printed:
 
-* the engine's cost of one decode step at 1, 2, 4 and 8 sequences per model (one thread), i.e. what
-  continuous batching can buy on this CPU;
+* the engine's cost of one decode step at 1, 2, 4 and 8 sequences per model (one thread), wall and
+  CPU time of the computing thread, i.e. what continuous batching can buy on this CPU;
 * the numpy sampling cost per token (log-softmax and the top-5 alternatives over the vocabulary);
 * the sandbox's cost per problem (one fresh interpreter per program);
 * for each setup, run in alternating order on the same problems with a fresh runtime each time (no
   prefix cached from the previous setup): wall time, tokens generated, tokens/s per model, the
-  answers that hit max_tokens, text generated after the code block closed, pass@1.
+  answers that hit max_tokens, text generated after the code block closed, pass@1, and the CPU
+  time (this process and its sandboxes), which a shared box distorts far less than wall time.
 
-Setups: ``before`` = last session's evaluation (tiers one after the other, 4 in flight, no stop);
-``after`` = both tiers at once, 8 in flight with room for them in the KV cache, generation stopped
-at the closing fence. The 15 min target is for 100 problems: the projection scales the measured
-wall time by 100 / N.
+Setups: ``before`` = last session's evaluation (tiers one after the other, 4 in flight, no stop,
+one 4096 context of KV); ``after`` = both tiers at once, 8 in flight with room for them in the KV
+cache, generation stopped at the closing fence; ``after-terse`` = ``after`` with an instruction not
+to repeat the docstring (an experiment: it changes the task). The 15 min target is for 100
+problems: the projections scale the measured times by 100 / N. ``--answers FILE`` runs no model:
+it reads an eval answer cache and prints where its tokens went.
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ class Setup:
     concurrent_tiers: bool
     in_flight: int
     stop: bool
-    kv_tokens: int | None  # None: the policy's (context_length)
+    kv_tokens: int  # the KV pool of each model (last session's default: one 4096 context)
     system: str | None = None  # another instruction than the task's (None: humaneval.SYSTEM)
 
 
@@ -78,7 +81,7 @@ class Setup:
 # tokens of an answer are that copy. This instruction asks them not to.
 TERSE = (SYSTEM + " Do not repeat the docstring.")
 SETUPS = {
-    "before": Setup("before", concurrent_tiers=False, in_flight=4, stop=False, kv_tokens=None),
+    "before": Setup("before", concurrent_tiers=False, in_flight=4, stop=False, kv_tokens=4096),
     "after": Setup("after", concurrent_tiers=True, in_flight=8, stop=True, kv_tokens=8192),
     "after-terse": Setup("after-terse", concurrent_tiers=True, in_flight=8, stop=True, kv_tokens=8192,
                          system=TERSE),
@@ -95,9 +98,8 @@ def configured(policy: Policy, setup: Setup) -> Policy:
     backends = {}
     for name, config in policy.backends.items():
         assert isinstance(config, LocalBackend)
-        update: dict[str, Any] = {"max_batch_size": max(config.max_batch_size, setup.in_flight)}
-        if setup.kv_tokens is not None:
-            update["kv_tokens"] = setup.kv_tokens
+        update: dict[str, Any] = {"max_batch_size": max(config.max_batch_size, setup.in_flight),
+                                  "kv_tokens": setup.kv_tokens}
         backends[name] = config.model_copy(update=update)
     return policy.model_copy(update={"backends": backends})
 

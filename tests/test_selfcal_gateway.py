@@ -60,7 +60,10 @@ def test_kept_requests_are_shadowed_labelled_and_reported(served: GatewayProcess
     def summary() -> dict[str, Any] | None:
         body = httpx.get(f"{served.url}/v1/gateway/usage/cascades", params={"since": "1h"}, timeout=10).json()
         cascades = body["cascades"]
-        return cascades[0] if cascades and cascades[0]["labels_total"] >= len(QUESTIONS) else None
+        # A label is stored before its shadow record is written: wait for both.
+        done = cascades and cascades[0]["labels_total"] >= len(QUESTIONS) \
+            and cascades[0]["shadow_jobs"] >= len(QUESTIONS) and cascades[0]["requests"] >= len(QUESTIONS)
+        return cascades[0] if done else None
 
     cascade = wait_for(summary)
     assert cascade["model"] == "cascade" and cascade["requests"] == len(QUESTIONS)

@@ -14,6 +14,10 @@ Per (cascade model, judged tier) — ``GET /v1/gateway/usage/cascades`` and ``sl
 * **Money and routing** from the usage aggregates of the model: requests, escalation rate (kept =
   1 − escalation rate), spend, shadow jobs and their spend, and savings against the reference
   LLM (``gateway.reference_llm``) — net of the shadow spend, which is counted against savings.
+
+A static route with monitor-only ``shadow:`` (routers/static/shadow.py) stores its labels as tier 0,
+every one kept, and no state: it is listed like a cascade tier from the same store (agreement with
+its reference backend, at the default 95 %; ``calibration`` null).
 """
 
 from __future__ import annotations

@@ -6,18 +6,26 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 from gateway.core.backend import CompletionPrompt, EmbeddingResult, GenerationDone, GenerationEvent, SamplingParams
-from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
+from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from routers.static.config import StaticStrategy
+from routers.static.shadow import RouteShadow
 
 
 class Static(Strategy[StaticStrategy]):
+    def __init__(self, public_name: str, config: StaticStrategy, resources: GatewayResources) -> None:
+        super().__init__(public_name, config, resources)
+        self.shadow = RouteShadow(public_name, config.shadow, resources) if config.shadow is not None else None
+
     def ready(self) -> bool:
         return self.resources.backend(self.config.backend).ready
 
     async def chat(self, request: ChatRequestView, ctx: RequestContext) -> AsyncIterator[StrategyEvent]:
         backend = self.config.backend
         ctx.set_route(backend)
-        async for event in ctx.call_chat(backend, request.messages, request.params):
+        events = ctx.call_chat(backend, request.messages, request.params)
+        if self.shadow is not None:
+            events = self.shadow.watch(request, ctx, events)
+        async for event in events:
             if isinstance(event, GenerationDone):
                 yield AnswerDone.of(event)
             else:

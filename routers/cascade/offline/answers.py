@@ -62,8 +62,11 @@ class BackendAnswer:
 
 
 def answer_params(item: LabelledItem) -> SamplingParams:
+    # ``client_stream``: the harness reads every answer as a stream (it times the first token), so
+    # the backend's idle and first-token limits guard it, not ``timeouts.total`` — on a loaded box
+    # one of 8 answers decoded together took more than code.yaml's 1800 s and failed a whole run.
     return SamplingParams(max_tokens=item.max_tokens, temperature=0.0, stop=item.stop, logprobs=True,
-                          top_logprobs=5)
+                          top_logprobs=5, client_stream=True)
 
 
 async def ask_backend(backend: Backend, item: LabelledItem, params: SamplingParams | None = None) -> BackendAnswer:

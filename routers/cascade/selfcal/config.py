@@ -122,5 +122,9 @@ class SelfCalibration(StrictModel):
 
     def judge_backend(self) -> str | None:
         """The backend the judge calls, if it calls one."""
-        judge = self.judge
-        return judge.backend if isinstance(judge, EmbeddingJudge | LlmJudge) else None
+        return judge_backend(self.judge)
+
+
+def judge_backend(judge: JudgeConfig) -> str | None:
+    """The backend ``judge`` calls, if it calls one."""
+    return judge.backend if isinstance(judge, EmbeddingJudge | LlmJudge) else None

@@ -35,24 +35,21 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.core.selfcal import ESCALATE_ALL, CalibrationState, Label, SelfCalibrationStore
+from gateway.core.selfcal import CalibrationState, SelfCalibrationStore
 from gateway.core.strategy import ChatRequestView, GatewayResources, RequestContext
 from routers.cascade.config import CascadeStrategy, CascadeTier
 from routers.cascade.selfcal.config import SelfCalibration
 from routers.cascade.selfcal.judges.base import Answer
 from routers.cascade.selfcal.judges.build import build_judge
+from routers.cascade.selfcal.labeller import NextAnswer as NextAnswer  # re-exported: the cascade's strategy uses it
+from routers.cascade.selfcal.labeller import ShadowLabeller, reference_output_tokens
 from routers.cascade.selfcal.recalibrate import TierTarget, configured_raw_threshold, recalibrate
 
 logger = logging.getLogger(__name__)
-
-SHADOW_PURPOSE = "shadow"
-
-NextAnswer = Callable[[ChatRequestView, RequestContext], Awaitable[Answer]]
-UNSIZED_ANSWER_FACTOR = 4  # no max_tokens anywhere: the next answer is estimated at 4x the small one (+64)
 
 
 class TierCalibrator:
@@ -67,7 +64,10 @@ class TierCalibrator:
         self.random = random.Random()  # its own stream: a test may seed it
         self.drift_alarms = 0  # drift states this replica stored (the service counts every replica's)
         self._next_tier = next_tier
-        self._next_answer = next_answer
+        self.labeller = ShadowLabeller(target.model, target.tier, self.judge, resources,
+                                       max_concurrent=self.config.max_concurrent,
+                                       budget_usd_per_day=self.config.budget_usd_per_day, next_answer=next_answer,
+                                       after_label=self._after_label)
         self._state: CalibrationState | None = None
         self._fetched_at = -math.inf
         self._refresh: asyncio.Task[None] | None = None
@@ -131,9 +131,7 @@ class TierCalibrator:
         if tier.backend.startswith("model:"):
             delegate = self.resources.strategies.get(tier.backend.removeprefix("model:"))
             names = delegate.delegates()[0] if delegate is not None else []
-        output = request.params.max_tokens or tier.max_tokens or UNSIZED_ANSWER_FACTOR * completion_tokens + 64
-        if tier.max_tokens is not None:
-            output = min(output, tier.max_tokens)
+        output = reference_output_tokens(request.params.max_tokens, tier.max_tokens, completion_tokens)
         prices = self.resources.prices
         return sum(prices[name].cost(prompt_tokens, output) for name in names if name in prices)
 
@@ -142,52 +140,19 @@ class TierCalibrator:
         """Submit the job that labels this request (the coin was already drawn). ``large`` is the
         next tier's answer when the client path has it (an escalated pair), else the job asks for
         it. Never waits: the job runs in the runner, and the client's record says what happened."""
-        entry: dict[str, Any] = {"tier": self.target.tier, "kind": "shadow" if large is None else "pair"}
-        ctx.record.extra.setdefault("shadow", []).append(entry)
-        runner, store = self.resources.shadow, self.store
-        if runner is None or store is None:
-            entry.update(scheduled=False, reason="unavailable")
-            return
         # The same estimate for both kinds: see "Sampling design" above.
-        estimate = self.next_cost_usd(request, prompt_tokens, completion_tokens) + \
-            self.judge.estimated_cost_usd(request, small, large or small, self.resources.prices)
-        job = self._job(request, small, score, kept, large, ctx.record.request_id, store)
-        scheduled = runner.submit(self.target.model, job, max_concurrent=self.config.max_concurrent,
-                                  budget_usd_per_day=self.config.budget_usd_per_day, estimated_cost_usd=estimate)
-        entry["scheduled"] = scheduled
-        if not scheduled:
-            entry["reason"] = "refused"  # the runner's cap or budget
+        self.labeller.submit(request, ctx, small, score, kept=kept, large=large,
+                             next_cost_usd=self.next_cost_usd(request, prompt_tokens, completion_tokens))
 
     def unlabelled(self, ctx: RequestContext, reason: str) -> None:
         ctx.record.extra.setdefault("shadow", []).append(
             {"tier": self.target.tier, "kind": "pair", "scheduled": False, "reason": reason})
 
-    def _job(self, request: ChatRequestView, small: Answer, score: float, kept: bool, given: Answer | None,
-             request_id: str, store: SelfCalibrationStore) -> Callable[[RequestContext], Awaitable[None]]:
-        async def job(ctx: RequestContext) -> None:
-            info: dict[str, Any] = {"tier": self.target.tier, "request_id": request_id, "kept": kept}
-            ctx.record.extra["selfcal"] = info
-            large = given
-            if large is None:
-                try:
-                    large = await self._next_answer(request, ctx)
-                finally:
-                    for call in ctx.record.calls:
-                        call.used, call.purpose = False, SHADOW_PURPOSE
-            verdict = await self.judge.judge(request, small, large, ctx)
-            # An answer with no tokens scores -inf: escalated by any threshold; stored finite (JSON).
-            finite = score if math.isfinite(score) else -ESCALATE_ALL
-            label = Label(model=self.target.model, tier=self.target.tier, score=finite, kept=kept,
-                          agree=verdict.agree, judge=self.judge.type, small_text=small.as_text(),
-                          large_text=large.as_text(), request_id=request_id, created_at=time.time(),
-                          detail=verdict.detail)
-            count = await store.add_label(label)
-            info.update(agree=verdict.agree, judge=self.judge.type, labels=count)
-            state = await self._maybe_refit(store, count)
-            if state is not None:
-                info["state"] = {"version": state.version, "threshold": state.threshold, "reason": state.reason}
-
-        return job
+    async def _after_label(self, store: SelfCalibrationStore, count: int) -> dict[str, Any] | None:
+        state = await self._maybe_refit(store, count)
+        if state is None:
+            return None
+        return {"state": {"version": state.version, "threshold": state.threshold, "reason": state.reason}}
 
     async def _maybe_refit(self, store: SelfCalibrationStore, count: int) -> CalibrationState | None:
         if count % self.config.refit_every == 0:
