@@ -87,7 +87,9 @@ def vllm_policy(vllm_url: str, *, speculative: bool = False) -> dict[str, Any]:
             "slm": {"type": "openai", "base_url": f"{vllm_url}/v1", "model": SERVED_NAME,
                     "supports_prefix_continuation": True,
                     "timeouts": {"connect": 5.0, "first_token": 120.0, "total": 300.0, "idle": 120.0}},
-            "local": {"type": "local", "model": "smollm2", "max_batch_size": 4},
+            # The transformers engine: the same float32 weights vLLM serves (llama.cpp, the default,
+            # runs the quantised GGUF: its logprobs differ by up to ~0.1, docs/engines.md).
+            "local": {"type": "local", "model": "smollm2", "engine": "transformers", "max_batch_size": 4},
         },
         "models": {
             "slm": {"type": "static", "backend": "slm"},
