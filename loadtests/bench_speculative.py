@@ -38,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.backends.local.source import models_dir
 from gateway.core.backend import (
     Backend,
     ChatMessage,
@@ -62,10 +63,6 @@ from routers.speculative.controller import Costs, run_acceptance
 
 REPO = Path(__file__).resolve().parent.parent
 HUMANEVAL = REPO.parent / "shared" / "data" / "humaneval" / "dev.jsonl"
-
-
-def models_dir() -> Path:
-    return Path(os.environ.get("SLM_GATEWAY_MODELS", "~/.cache/slm-gateway/models")).expanduser()
 
 
 def coder(size: str) -> Path:
