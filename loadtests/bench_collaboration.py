@@ -72,11 +72,18 @@ class Answered:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    examples: str | None = None  # why well-formed code fails the prompt's own examples
 
     @classmethod
     def of(cls, answer: BackendAnswer) -> Answered:
         return cls(answer.correct, answer.structure, answer.prompt_tokens, answer.completion_tokens,
-                   round(answer.latency_s, 3))
+                   round(answer.latency_s, 3), answer.examples)
+
+    def fails(self, structural: str | None) -> bool:
+        """Escalated by a tier with this ``structural`` check whatever its score."""
+        if structural is None:  # the same rule as BackendAnswer.fails, on what this file keeps
+            return False
+        return bool(self.structure) or (structural == "python_examples" and bool(self.examples))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,16 +132,18 @@ def load_pairs(cache_paths: list[Path], policy_path: Path, items: list[LabelledI
     return pairs
 
 
-def fit_tier(pairs: list[Pair], target_share: float) -> tuple[CascadeTier, dict[str, Any]]:
+def fit_tier(pairs: list[Pair], target_share: float, structural: str) -> tuple[CascadeTier, dict[str, Any]]:
     """On the fit half: the scorer with the highest AUROC, its isotonic map, and the lowest
-    threshold at which the cascade reaches ``target_share`` of the large model's pass@1 there."""
-    formed = [p for p in pairs if p.small.structure is None]
+    threshold at which the cascade reaches ``target_share`` of the large model's pass@1 there
+    (answers failing the ``structural`` check escalate first and are not scored)."""
+    formed = [p for p in pairs if not p.small.fails(structural)]
     correct = [p.small.correct for p in formed]
     aurocs = {name: scorer_auroc_ci([p.scores[name] for p in formed], correct, rounds=0)[0] or 0.5
               for name in CODE_SCORERS}
     best = max(aurocs, key=lambda n: aurocs[n])
     calibration = fit_isotonic([p.scores[best] for p in formed], correct)
-    tier = CascadeTier(backend="small", scorer=best, threshold=0.0, calibration=calibration, structural="python")
+    tier = CascadeTier(backend="small", scorer=best, threshold=0.0, calibration=calibration,
+                       structural=structural)  # type: ignore[arg-type]
     calibrated = calibrated_scores(tier, pairs)
     large = np.mean([p.large.correct for p in pairs])
     threshold = float(calibrated.max()) + 1e-3
@@ -148,7 +157,7 @@ def fit_tier(pairs: list[Pair], target_share: float) -> tuple[CascadeTier, dict[
 
 
 def calibrated_scores(tier: CascadeTier, pairs: list[Pair]) -> np.ndarray:
-    return np.array([STRUCTURAL_FAIL if p.small.structure else apply_calibration(
+    return np.array([STRUCTURAL_FAIL if p.small.fails(tier.structural) else apply_calibration(
         tier.calibration, p.scores[tier.scorer]) for p in pairs])
 
 
@@ -185,7 +194,7 @@ def outcomes(pairs: list[Pair], escalate: np.ndarray, direct: np.ndarray, policy
     return out
 
 
-def cross_fit(pairs: list[Pair], items: list[LabelledItem], target: float
+def cross_fit(pairs: list[Pair], items: list[LabelledItem], target: float, structural: str
               ) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Out-of-fold decisions: each half decided by the tier fitted on the other half (``items``:
     the pairs' items in the same order, split as the CLIs' ``--holdout 0.5`` splits them)."""
@@ -196,7 +205,7 @@ def cross_fit(pairs: list[Pair], items: list[LabelledItem], target: float
     first, second = split_items(items, 0.5)
     for fit_items, held_items in ((first, second), (second, first)):
         fit_pairs = [pairs[index[i.id]] for i in fit_items]
-        tier, info = fit_tier(fit_pairs, target)
+        tier, info = fit_tier(fit_pairs, target, structural)
         held = [index[i.id] for i in held_items]
         scores = calibrated_scores(tier, [pairs[i] for i in held])
         assert tier.threshold is not None
@@ -246,8 +255,10 @@ def policy_table(pairs: list[Pair], escalate: np.ndarray, policy: Any, args: arg
     none = np.zeros(n, bool)
     results = [*outcomes(pairs, none, none, policy, args.speedup, "always small")[:1],
                *outcomes(pairs, ~none, none, policy, args.speedup, "always large"),
-               *outcomes(pairs, np.array([bool(p.small.structure) for p in pairs]), none, policy, args.speedup,
+               *outcomes(pairs, np.array([p.small.fails("python") for p in pairs]), none, policy, args.speedup,
                          "structural check only"),
+               *outcomes(pairs, np.array([p.small.fails("python_examples") for p in pairs]), none, policy,
+                         args.speedup, "structural + examples check only"),
                *outcomes(pairs, escalate, none, policy, args.speedup, "cascade (cross-fitted)")]
     if args.rule_tokens:
         results += outcomes(pairs, escalate & ~direct, direct, policy, args.speedup,
@@ -271,11 +282,17 @@ def main() -> None:
     parser.add_argument("--generation", default="", help="how the cache was made (command, time, load) for the doc")
     parser.add_argument("--plot", type=Path, default=None, help="default docs/img/collaboration-TASK.png")
     parser.add_argument("--write", action="store_true", help="write the docs/benchmarks.md section")
+    parser.add_argument("--structural", choices=["python", "python_examples"], default=None,
+                        help="the cascade's structural check (default: the policy's cascade's first tier)")
     args = parser.parse_args()
     if not args.cache and args.figures is None:
         parser.error("give --cache (answer caches) or --figures (a figures file written from them)")
     started = time.perf_counter()
     policy = load_policy(args.policy)
+    if args.structural is None:
+        shipped = policy.models["cascade"]
+        assert isinstance(shipped, CascadeStrategy)
+        args.structural = shipped.tiers[0].structural or "python"
     items = load_labelled(args.data, task=args.task)
     if args.cache:
         pairs = load_pairs(args.cache, args.policy, items)
@@ -296,13 +313,16 @@ def main() -> None:
     lines = [f"`{command}` — {machine_line()}; load average {os.getloadavg()[0]:.1f} at analysis. {args.generation}",
              "", f"n = {n} {args.task} dev items with both answers; small pass@1 {ok_s.mean():.3f}, large "
              f"{ok_l.mean():.3f}; malformed code (structural check): small "
-             f"{sum(bool(p.small.structure) for p in pairs)}, large {sum(bool(p.large.structure) for p in pairs)}.", "",
+             f"{sum(bool(p.small.structure) for p in pairs)}, large {sum(bool(p.large.structure) for p in pairs)}; "
+             f"well-formed code failing the prompt's examples: small {sum(bool(p.small.examples) for p in pairs)} "
+             f"({sum(p.small.correct for p in pairs if p.small.examples)} of them right), large "
+             f"{sum(bool(p.large.examples) for p in pairs)}; cascade structural check: `{args.structural}`.", "",
              "| scorer (small answers, well-formed only) | AUROC | bootstrap 95 % |", "|---|---|---|"]
-    formed = [p for p in pairs if p.small.structure is None]
+    formed = [p for p in pairs if not p.small.fails(args.structural)]
     for name in CODE_SCORERS:
         auroc, ci = scorer_auroc_ci([p.scores[name] for p in formed], [p.small.correct for p in formed])
         lines.append(f"| {name} | {auroc} | {ci} |")
-    escalate, confidence, fits = cross_fit(pairs, items, args.target)
+    escalate, confidence, fits = cross_fit(pairs, items, args.target, args.structural)
     order = confidence  # out-of-fold calibrated scores; malformed code first
     figures = curve_figures(order, ok_s, ok_l)
     lines += ["", f"Cross-fitted (2 halves, `--holdout 0.5` split): fits {fits}.",

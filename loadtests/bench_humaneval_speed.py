@@ -59,7 +59,7 @@ from routers.cascade.offline.answers import (
 )
 from routers.cascade.offline.humaneval import SYSTEM, program_for
 from routers.cascade.offline.labelled import LabelledItem, load_labelled
-from routers.cascade.offline.sandbox import Sandbox
+from routers.cascade.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parent.parent
 HUMANEVAL = REPO.parent / "shared" / "data" / "humaneval" / "dev.jsonl"

@@ -98,3 +98,25 @@ def test_a_model_tier_only_last_and_not_in_handoff() -> None:
             {**CONFIDENT, "early_exit": {}}, {"backend": "model:big"}]})
     config = CascadeStrategy.model_validate({"type": "cascade", "tiers": [CONFIDENT, {"backend": "model:big"}]})
     assert config.referenced_backends() == ["small"] and config.referenced_models() == ["big"]
+
+
+ADD_REQUEST = ('Complete:\n```python\ndef add(a, b):\n    """Add two numbers.\n    >>> add(2, 3)\n    5\n    '
+               'add(-1, 1) ➞ 0\n    """\n    return {body}\n```')
+
+
+async def test_code_failing_the_requests_own_examples_escalates() -> None:
+    """``python_examples``: the scripted small tier echoes the request, whose body is the answer;
+    the check runs it in the real sandbox against the docstring's two examples."""
+    cascade, _small, large = await cascade_over({"tiers": [{**CONFIDENT, "structural": "python_examples"},
+                                                           {"backend": "large"}]})
+    right = await run(cascade, ADD_REQUEST.format(body="a + b"))
+    assert right.record.route == "small" and "structural" not in right.record.extra
+    wrong = await run(cascade, ADD_REQUEST.format(body="a * b"))  # add(2, 3) gives 6
+    assert wrong.record.escalated and len(large.received) == 1
+    [reason] = wrong.record.extra["structural"]
+    assert reason["tier"] == "small" and reason["reason"].startswith("examples: 2 of 2 examples fail")
+    looping = await run(cascade, ADD_REQUEST.format(body="[x for x in iter(int, 1)]"))
+    assert looping.record.escalated and "examples:" in looping.record.extra["structural"][0]["reason"]
+    # ``python`` alone does not run anything: the wrong body is kept.
+    plain, _small, _large = await cascade_over({"tiers": [{**CONFIDENT, "structural": "python"}, {"backend": "large"}]})
+    assert not (await run(plain, ADD_REQUEST.format(body="a * b"))).record.escalated

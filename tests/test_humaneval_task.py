@@ -23,7 +23,7 @@ from routers.cascade.offline.cli import signal_verdict, split_items
 from routers.cascade.offline.humaneval import STOP, grade_key, humaneval_messages, passes, program_for
 from routers.cascade.offline.labelled import final_number, load_labelled
 from routers.cascade.offline.replay import confidences, curve_figures, replay, scorer_auroc_ci, sweep
-from routers.cascade.offline.sandbox import Sandbox
+from routers.cascade.sandbox import Sandbox
 from routers.cascade.scorers import SCORERS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,8 @@
 """Speculative decoding's logic on a scripted TokenScorer: exact greedy output, the sampling
 rule's output distribution (chi-square, seeded), the adaptive controller's choices from
-scripted costs, accounting, and the policy errors (the scripted parts: tests/speculative_support.py). The real-model tests are in
-test_speculative_llamacpp.py, test_speculative_gateway.py and test_speculative_qwen.py."""
+scripted costs, accounting, and the policy errors (the scripted parts:
+tests/speculative_support.py). The real-model tests are in test_speculative_llamacpp.py,
+test_speculative_gateway.py and test_speculative_qwen.py."""
 
 from __future__ import annotations
 

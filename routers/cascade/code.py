@@ -4,7 +4,8 @@ well-formed Python that defines the function the request asked for.
 Used by the code scorers (confidence over the code only, not the Markdown fences or the prose
 around it) and by a tier's ``structural: python`` check (an answer that does not parse, or that
 does not define the requested function, escalates whatever its confidence). Pure functions of
-text: no execution here — running code is offline work (``routers.cascade.offline.sandbox``).
+text: no execution here — running code is the sandbox's (``routers.cascade.sandbox``), for the
+examples check (``routers.cascade.examples``) and offline grading.
 """
 
 from __future__ import annotations

@@ -49,9 +49,11 @@ class CascadeTier(StrictModel):
     calibration: Calibration | None = None
     max_tokens: int | None = Field(None, ge=1, description="Cap on this tier's attempt.")
     early_exit: EarlyExit | None = None
-    structural: Literal["python"] | None = Field(
+    structural: Literal["python", "python_examples"] | None = Field(
         None, description="python: an answer whose code does not parse, or does not define the function the "
-                          "request's code defines last, escalates whatever its score (routers/cascade/code.py).")
+                          "request's code defines last, escalates whatever its score (routers/cascade/code.py). "
+                          "python_examples: that, and the function must return what the request's own examples "
+                          "state, run in a sandboxed subprocess (routers/cascade/examples.py).")
     self_calibration: SelfCalibration | None = Field(
         None, description="Label a sample of this tier's traffic against the next tier and refit its threshold "
                           "to a disagreement target with a stated confidence (docs/cascade.md, Self-calibration).")

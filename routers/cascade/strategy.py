@@ -35,6 +35,7 @@ from policies.loader import PolicyError
 from routers.cascade.calibration import apply_calibration
 from routers.cascade.code import request_structure
 from routers.cascade.config import CascadeStrategy, CascadeTier
+from routers.cascade.examples import ExamplesCheck
 from routers.cascade.monitor import RunningCheck
 from routers.cascade.prerouter import PreRouter, Shortcut
 from routers.cascade.scorers import SCORERS
@@ -60,6 +61,7 @@ class Cascade(Strategy[CascadeStrategy]):
         self.prerouter = PreRouter(config.router) if config.router is not None else None
         # Self-calibrating tiers (routers/cascade/selfcal/), by tier index.
         self.calibrators = build_calibrators(public_name, config, resources, self._shadow_answerer)
+        self.examples = ExamplesCheck()  # tiers with ``structural: python_examples``
 
     async def start(self) -> None:
         for calibrator in self.calibrators.values():
@@ -110,9 +112,8 @@ class Cascade(Strategy[CascadeStrategy]):
 
         return answer
 
-    @staticmethod
-    def _well_formed(tier: CascadeTier, request: ChatRequestView, chunks: list[TokenChunk],
-                     ctx: RequestContext) -> bool:
+    async def _well_formed(self, tier: CascadeTier, request: ChatRequestView, chunks: list[TokenChunk],
+                           ctx: RequestContext) -> bool:
         """The structural checks: the answer honours the request's tools / response_format (always),
         the tier's code check (``structural``). A failure escalates whatever the score."""
         text = "".join(c.text for c in chunks)
@@ -125,6 +126,8 @@ class Cascade(Strategy[CascadeStrategy]):
         if reason is None and tier.structural is not None:
             structure = request_structure(request.last_user_text(), text)
             reason = None if structure.ok else structure.reason
+            if reason is None and tier.structural == "python_examples":
+                reason = await self.examples.problem(request.last_user_text(), text)
         if reason is not None:
             ctx.record.extra.setdefault("structural", []).append({"tier": tier.backend, "reason": reason})
         return reason is None
@@ -243,7 +246,7 @@ class Cascade(Strategy[CascadeStrategy]):
                 pending.answered(request, ctx, Answer.of(chunks) if complete else None)
                 pending = None
             # Checked only when whole (a cut-off answer is no call yet), recorded whatever the score.
-            well_formed = complete and self._well_formed(tier, request, chunks, ctx)
+            well_formed = complete and await self._well_formed(tier, request, chunks, ctx)
             calibrator = self.calibrators.get(index)
             if done is not None and well_formed and self._keeps(index, ctx, raw, score):
                 ctx.record.escalated = index > 0

@@ -59,6 +59,13 @@ class BackendAnswer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     structure: str | None = None  # humaneval: why the code is malformed (None: parses, defines it)
+    examples: str | None = None  # humaneval: why well-formed code fails the prompt's own examples
+
+    def fails(self, structural: str | None) -> str | None:
+        """Why a tier with this ``structural`` check escalates the answer whatever its score."""
+        if structural is None:
+            return None
+        return self.structure or (self.examples if structural == "python_examples" else None)
 
 
 def answer_params(item: LabelledItem) -> SamplingParams:
@@ -87,7 +94,9 @@ async def ask_backend(backend: Backend, item: LabelledItem, params: SamplingPara
     latency = time.perf_counter() - started
     ttft = first - started if first else None
     correct = await asyncio.to_thread(item.is_correct, text)  # humaneval runs a subprocess
-    return BackendAnswer(text, logprobs, correct, latency, ttft, *usage, structure=item.structure(text))
+    examples = await asyncio.to_thread(item.examples, text)
+    return BackendAnswer(text, logprobs, correct, latency, ttft, *usage, structure=item.structure(text),
+                         examples=examples)
 
 
 def _encode(answer: BackendAnswer, item: LabelledItem) -> dict[str, Any]:
@@ -97,6 +106,9 @@ def _encode(answer: BackendAnswer, item: LabelledItem) -> dict[str, Any]:
     key = item.grade_key(answer.text)
     if key is not None:
         row["graded"] = [key, answer.correct]
+    examples_key = item.examples_key(answer.text)
+    if examples_key is not None:
+        row["examples"] = [examples_key, answer.examples]
     return row
 
 
@@ -113,11 +125,24 @@ def _verdict(row: dict[str, Any], item: LabelledItem) -> bool:
     return correct
 
 
+def _examples(row: dict[str, Any], item: LabelledItem) -> str | None:
+    """The answer's examples check, cached with the row like its grade."""
+    key = item.examples_key(row["text"])
+    cached = row.get("examples")
+    if key is not None and isinstance(cached, list) and cached[0] == key:
+        return cached[1] if isinstance(cached[1], str) else None
+    reason = item.examples(row["text"])
+    if key is not None:
+        row["examples"] = [key, reason]
+    return reason
+
+
 def _decode(row: dict[str, Any], item: LabelledItem) -> BackendAnswer:
     logprobs = [TokenLogprob(token, lp, top=tuple(TopLogprob(c, v) for c, v in top))
                 for token, lp, top in row["tokens"]]
     return BackendAnswer(row["text"], logprobs, _verdict(row, item), row["latency_s"], row["ttft_s"],
-                         row["prompt_tokens"], row["completion_tokens"], item.structure(row["text"]))
+                         row["prompt_tokens"], row["completion_tokens"], item.structure(row["text"]),
+                         _examples(row, item))
 
 
 @dataclass

@@ -86,7 +86,7 @@ async def _calibrate(args: argparse.Namespace) -> int:
     finally:
         await runtime.close()
     # Malformed code escalates before any score is looked at: fit the map on the rest.
-    scored = [a for a in answers if tier.structural is None or a.structure is None]
+    scored = [a for a in answers if a.fails(tier.structural) is None]
     raw = [SCORERS[tier.scorer](a.logprobs) for a in scored]
     correct = [a.correct for a in scored]
     fitted = calibrate(raw, correct, target)
@@ -96,7 +96,7 @@ async def _calibrate(args: argparse.Namespace) -> int:
     print(f"n={len(items)} {tier.backend} accuracy={accuracy:.3f} scorer={tier.scorer}")
     if len(scored) < len(answers):
         print(f"{len(answers) - len(scored)} answers fail the structural check (escalated at once; "
-              f"{sum(a.correct for a in answers if a.structure is not None)} of them were right)")
+              f"{sum(a.correct for a in answers if a.fails(tier.structural) is not None)} of them were right)")
     aurocs = scorer_auroc_intervals(scored)
     print("AUROC by scorer (raw score vs correct, bootstrap 95 % interval):")
     for name, entry in aurocs.items():

@@ -128,7 +128,8 @@ def evaluation_metrics(run: EvaluationRun, policy: Policy, model: str, rounds: i
 
     The curve sweeps the first tier's threshold over the small model's own answers: at share s
     the least confident s of the questions take the large model's answer (malformed code first
-    with ``structural: python``). APGR and the shares needed for 50 / 80 / 95 % of the gap are
+    with ``structural: python``, and code failing the prompt's examples with ``python_examples``).
+    APGR and the shares needed for 50 / 80 / 95 % of the gap are
     RouteLLM's definitions (routers.learned.offline.metrics); ``escalation_for_95pct_large`` is the
     share needed for 95 % of the large model's own accuracy. ``ci95``: bootstrap intervals.
     """
@@ -154,8 +155,8 @@ def evaluation_metrics(run: EvaluationRun, policy: Policy, model: str, rounds: i
         "large_latency_s": summary([a.latency_s for a in run.large]),
         "generation_s": round(run.generation_s, 1),
         "scorer_auroc": scorer_auroc_intervals(run.small),
-        "structural_failures": {"small": sum(a.structure is not None for a in run.small),
-                                "large": sum(a.structure is not None for a in run.large)},
+        "structural_failures": {"small": sum(a.fails(small.structural) is not None for a in run.small),
+                                "large": sum(a.fails(small.structural) is not None for a in run.large)},
         "ci95": figures["ci95"],
     }
     curve = None

@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.core.backend import ChatMessage
 from routers.cascade.code import code_span, python_structure
-from routers.cascade.offline.sandbox import Sandbox
+from routers.cascade.examples import ExamplesCheck
+from routers.cascade.sandbox import Sandbox
 
 SYSTEM = ("You are an expert Python programmer. Complete the function the user gives you. Reply with the "
           "complete function, including the imports it needs, in a single ```python code block and nothing else.")
@@ -31,9 +32,12 @@ MAX_TOKENS = 512  # the longest canonical solution in dev is ~230 tokens; room f
 STOP = ("\n```\n",)
 
 
+def request_text(problem: dict[str, Any]) -> str:
+    return f"Complete this Python function:\n```python\n{problem['prompt']}```"
+
+
 def humaneval_messages(problem: dict[str, Any]) -> list[ChatMessage]:
-    user = f"Complete this Python function:\n```python\n{problem['prompt']}```"
-    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=user)]
+    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=request_text(problem))]
 
 
 def program_for(problem: dict[str, Any], answer: str) -> str:
@@ -47,6 +51,25 @@ def structure_of(problem: dict[str, Any], answer: str) -> str | None:
     """None when the answer's code parses and defines the entry point, else why not."""
     structure = python_structure(answer, problem["entry_point"], problem["prompt"])
     return None if structure.ok else structure.reason
+
+
+def examples_program(problem: dict[str, Any], answer: str) -> str | None:
+    """The program of a ``structural: python_examples`` tier's check, built from the same request
+    text the cascade sees at request time; None when the prompt states no checkable example."""
+    return ExamplesCheck().program(request_text(problem), answer)
+
+
+def examples_key(problem: dict[str, Any], answer: str) -> str:
+    """Names one verdict of :func:`examples_of` (the program and the check's sandbox)."""
+    program = examples_program(problem, answer) or ""
+    return hashlib.sha256(f"{ExamplesCheck().sandbox.identity()}|{program}".encode()).hexdigest()[:16]
+
+
+def examples_of(problem: dict[str, Any], answer: str) -> str | None:
+    """Why well-formed code fails the prompt's own examples (None: it holds them, none are stated,
+    or the code is malformed, which the structural check reports first). Runs a subprocess."""
+    program = None if structure_of(problem, answer) is not None else examples_program(problem, answer)
+    return None if program is None else ExamplesCheck().run(program)
 
 
 def grade_key(problem: dict[str, Any], answer: str, sandbox: Sandbox | None = None) -> str:

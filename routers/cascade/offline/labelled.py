@@ -21,8 +21,9 @@ from typing import Any, Literal, get_args
 from gateway.core.backend import ChatMessage
 from routers.cascade.offline.humaneval import MAX_TOKENS as HUMANEVAL_MAX_TOKENS
 from routers.cascade.offline.humaneval import STOP as HUMANEVAL_STOP
+from routers.cascade.offline.humaneval import examples_key as humaneval_examples_key
+from routers.cascade.offline.humaneval import examples_of, humaneval_messages, passes, structure_of
 from routers.cascade.offline.humaneval import grade_key as humaneval_grade_key
-from routers.cascade.offline.humaneval import humaneval_messages, passes, structure_of
 
 Task = Literal["mmlu", "gsm8k", "humaneval", "acceptable"]
 TASKS: tuple[str, ...] = get_args(Task)
@@ -78,6 +79,14 @@ class LabelledItem:
     def structure(self, answer: str) -> str | None:
         """humaneval: None when the code parses and defines the entry point, else why not."""
         return structure_of(self.problem, answer) if self.task == "humaneval" else None
+
+    def examples(self, answer: str) -> str | None:
+        """humaneval: why well-formed code fails the prompt's own examples (``structural:
+        python_examples``), else None. Runs a subprocess: call it off the event loop."""
+        return examples_of(self.problem, answer) if self.task == "humaneval" else None
+
+    def examples_key(self, answer: str) -> str | None:
+        return humaneval_examples_key(self.problem, answer) if self.task == "humaneval" else None
 
 
 def answer_letter(answer: str) -> str | None:

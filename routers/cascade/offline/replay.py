@@ -38,11 +38,11 @@ class CascadeAnswer:
 
 
 def confidences(tier: CascadeTier, answers: Sequence[BackendAnswer]) -> list[float]:
-    """The tier's calibrated score per answer; a structural failure (``structural: python``)
-    sorts below every score."""
+    """The tier's calibrated score per answer; a structural failure (``structural: python``, or
+    ``python_examples``) sorts below every score."""
     out = []
     for answer in answers:
-        if tier.structural is not None and answer.structure is not None:
+        if answer.fails(tier.structural) is not None:
             out.append(STRUCTURAL_FAIL)
         else:
             out.append(apply_calibration(tier.calibration, SCORERS[tier.scorer](answer.logprobs)))

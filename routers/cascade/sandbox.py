@@ -1,4 +1,5 @@
-"""Run untrusted generated code in a contained subprocess (HumanEval grading).
+"""Run untrusted generated code in a contained subprocess: HumanEval grading (offline) and a
+cascade tier's `structural: python_examples` check (a request's own examples, at request time).
 
 Never in the gateway's process, never with the gateway's environment. Layers, each because the
 one before can be got around:
