@@ -15,10 +15,14 @@ problems, each model's greedy answers generated and graded as ``slm-gateway eval
   answers that hit max_tokens, text generated after the code block closed, pass@1, and the CPU
   time (this process and its sandboxes), which a shared box distorts far less than wall time.
 
-Setups: ``before`` = last session's evaluation (tiers one after the other, 4 in flight, no stop,
-one 4096 context of KV); ``after`` = both tiers at once, 8 in flight with room for them in the KV
-cache, generation stopped at the closing fence; ``after-terse`` = ``after`` with an instruction not
-to repeat the docstring (an experiment: it changes the task). The 15 min target is for 100
+Setups: ``before`` = the first session's evaluation (tiers one after the other, 4 in flight, no
+stop, one 4096 context of KV, the model writing the whole answer); ``restating`` = both tiers at
+once, 8 in flight with room for them in the KV cache, stopped at the closing fence, the model still
+writing the whole answer (it restates the signature and docstring); ``prefill`` = ``restating``
+with the assistant's answer started for the model (``continue_final_message``: the code block and
+the problem's prompt), so it writes the body, stopped where the function ends — what ``eval`` does
+now (routers/cascade/offline/humaneval.py). ``restating-terse`` = ``restating`` with an
+instruction not to repeat the docstring (measured: no effect). The 15 min target is for 100
 problems: the projections scale the measured times by 100 / N. ``--answers FILE`` runs no model:
 it reads an eval answer cache and prints where its tokens went.
 """
@@ -72,20 +76,28 @@ class Setup:
     name: str
     concurrent_tiers: bool
     in_flight: int
-    stop: bool
-    kv_tokens: int  # the KV pool of each model (last session's default: one 4096 context)
+    stop: tuple[str, ...] | None  # None: the task's (humaneval.STOP)
+    kv_tokens: int  # the KV pool of each model (the first session's default: one 4096 context)
+    prefill: bool = True  # the assistant's answer started for the model (continue_final_message)
+    prompt_once: bool = False  # the problem's code in the prefill only, not in the user message too
     system: str | None = None  # another instruction than the task's (None: humaneval.SYSTEM)
 
 
-# The instruct models restate the prompt's signature and docstring before the body: ~2/3 of the
-# tokens of an answer are that copy. This instruction asks them not to.
+# Without a prefill the Instruct models restate the prompt's signature and docstring before the
+# body: ~2/3 of the tokens of an answer. An instruction asking them not to was tried (no effect).
 TERSE = (SYSTEM + " Do not repeat the docstring.")
+RESTATING_STOP = ("\n```\n",)  # the closing fence; the task's stops would cut a restated answer
 SETUPS = {
-    "before": Setup("before", concurrent_tiers=False, in_flight=4, stop=False, kv_tokens=4096),
-    "after": Setup("after", concurrent_tiers=True, in_flight=8, stop=True, kv_tokens=8192),
-    "after-terse": Setup("after-terse", concurrent_tiers=True, in_flight=8, stop=True, kv_tokens=8192,
-                         system=TERSE),
+    "before": Setup("before", concurrent_tiers=False, in_flight=4, stop=(), kv_tokens=4096, prefill=False),
+    "restating": Setup("restating", concurrent_tiers=True, in_flight=8, stop=RESTATING_STOP, kv_tokens=8192,
+                       prefill=False),
+    "restating-terse": Setup("restating-terse", concurrent_tiers=True, in_flight=8, stop=RESTATING_STOP,
+                             kv_tokens=8192, prefill=False, system=TERSE),
+    "prefill": Setup("prefill", concurrent_tiers=True, in_flight=8, stop=None, kv_tokens=8192),
+    "prefill-once": Setup("prefill-once", concurrent_tiers=True, in_flight=8, stop=None, kv_tokens=8192,
+                          prompt_once=True),
 }
+ONCE = "Complete the following Python function."
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,10 +118,19 @@ def configured(policy: Policy, setup: Setup) -> Policy:
 
 async def run_tier(runtime: PolicyRuntime, tier: str, items: list[LabelledItem], setup: Setup) -> TierRun:
     backend = runtime.backends[tier]
+    if not setup.prefill:  # the system and user messages only: the model writes the whole answer
+        items = [dataclasses.replace(item, messages=item.messages[:2]) for item in items]
+    if setup.prompt_once:
+        user = ChatMessage(role="user", content=ONCE)
+        items = [dataclasses.replace(item, messages=[item.messages[0], user, *item.messages[2:]]) for item in items]
     if setup.system is not None:
         system = ChatMessage(role="system", content=setup.system)
         items = [dataclasses.replace(item, messages=[system, *item.messages[1:]]) for item in items]
-    params = [answer_params(item) if setup.stop else replace(answer_params(item), stop=()) for item in items]
+    params = [answer_params(item) for item in items]
+    if setup.stop is not None:
+        params = [replace(p, stop=setup.stop) for p in params]
+    if not setup.prefill:
+        params = [replace(p, extra={}) for p in params]
     started = time.perf_counter()
     jobs = [partial(ask_backend, backend, item, p) for item, p in zip(items, params, strict=True)]
     answers = await gather_bounded(jobs, setup.in_flight, f"{setup.name} {tier}")
@@ -259,6 +280,7 @@ async def main_async(args: argparse.Namespace) -> None:
             result = await run_setup(policy, items, setup)
             print(describe(setup, result, len(items)) + f" load {load:.1f}-{os.getloadavg()[0]:.1f}", flush=True)
             if args.dump is not None:  # the answers, to read what each setup generated
+                args.dump.mkdir(parents=True, exist_ok=True)
                 texts = {tier: [a.text for a in run.answers] for tier, run in result.tiers.items()}
                 Path(args.dump, f"{setup.name}.json").write_text(json.dumps(texts, indent=1))
             last = result.tiers
@@ -273,7 +295,7 @@ def main() -> None:
     parser.add_argument("--policy", type=Path, default=POLICY)
     parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["before", "after"])
+    parser.add_argument("--setups", nargs="+", choices=sorted(SETUPS), default=["restating", "prefill"])
     parser.add_argument("--answers", type=Path, default=None,
                         help="an eval answer cache: print where its tokens went, run no model")
     parser.add_argument("--dump", type=Path, default=None, help="directory for each setup's answers (JSON)")

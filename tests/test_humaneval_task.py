@@ -89,18 +89,22 @@ def stopped(answer: str) -> str:
 
 
 @needs_data
-def test_the_closing_fence_stops_generation_and_the_code_still_passes() -> None:
+def test_the_stops_end_the_body_and_the_code_still_passes() -> None:
+    """The model continues the prefill (```python + the prompt) with the body; generation stops
+    where the function ends: the closing fence, or a top-level test, print or comment after it."""
     row = problems()[0]
-    whole = row["prompt"] + row["canonical_solution"]
-    explained = fenced(whole.rstrip(), "\n\nThis function checks every pair.\n```python\nprint(1)\n```")
-    cut = stopped(explained)
-    assert "This function" not in cut and cut.startswith("```python\n")  # stopped at the closing fence
-    assert passes(row, cut) and passes(row, explained)
-    # A sentence before the block: the opening fence carries ``python``, so it is not a stop.
-    prose_first = "Here is the function:\n" + explained
-    assert stopped(prose_first).startswith("Here is the function:\n```python\n" + whole.rstrip()[:20])
-    assert passes(row, stopped(prose_first))
-    assert stopped(fenced(whole.rstrip())) == fenced(whole.rstrip())  # fence then end of text: nothing cut
+    body = row["canonical_solution"].rstrip()
+    for after in ("\n```\nThis function checks every pair.", "\n\n\nprint(separate_paren_groups('()'))",
+                  "\n\n# Test cases\nassert separate_paren_groups('') == []", "\n\ndef test():\n    pass"):
+        cut = stopped(body + after)
+        assert cut.rstrip() == body, after
+        assert passes(row, cut)
+    # An answer that opens its own block is graded whole (asked without the prefill).
+    whole = fenced((row["prompt"] + row["canonical_solution"]).rstrip(), "\n\nIt checks every pair.")
+    assert passes(row, whole) and not passes(row, "    return []")
+    item = load_labelled(HUMANEVAL, task="humaneval")[0]
+    assert item.messages[-1].role == "assistant" and item.messages[-1].content == "```python\n" + row["prompt"]
+    assert item.extra == {"continue_final_message": True}
     assert load_labelled(HUMANEVAL, task="humaneval")[0].stop == STOP
 
 

@@ -180,6 +180,8 @@ def unsupported_parameter(capabilities: BackendCapabilities, params: SamplingPar
     """The first parameter in ``params`` that a backend with ``capabilities`` would silently
     ignore, or None: a request the backend cannot honour gets a 400 instead of a wrong answer."""
     extra = params.extra
+    if extra.get("continue_final_message") and not capabilities.prefix_continuation:
+        return "continue_final_message"  # an upstream that does not continue would start a new turn
     if capabilities.relays_all:
         return None
     if extra.get("suffix"):

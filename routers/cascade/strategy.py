@@ -27,6 +27,7 @@ from gateway.core.backend import (
     TokenLogprob,
     unsupported_parameter,
 )
+from gateway.core.continuation import render_chat_text, split_final
 from gateway.core.errors import InvalidRequestError, UpstreamUnavailableError
 from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext, Strategy, StrategyEvent
 from gateway.core.structured.checks import structural_problem
@@ -124,10 +125,14 @@ class Cascade(Strategy[CascadeStrategy]):
                 merge_tool_fragments(calls, chunk.tool_calls)
             reason = structural_problem(request.params.extra, text, calls)
         if reason is None and tier.structural is not None:
-            structure = request_structure(request.last_user_text(), text)
+            # A continued assistant message (a prefill) is the start of the answer: judge the whole
+            # answer, and read the request's code from the prefill too (it may hold the only copy).
+            prefix = split_final(request.messages, request.params.extra)[1]
+            request_text = f"{request.last_user_text()}\n{prefix}" if prefix else request.last_user_text()
+            structure = request_structure(request_text, prefix + text)
             reason = None if structure.ok else structure.reason
             if reason is None and tier.structural == "python_examples":
-                reason = await self.examples.problem(request.last_user_text(), text)
+                reason = await self.examples.problem(request_text, prefix + text)
         if reason is not None:
             ctx.record.extra.setdefault("structural", []).append({"tier": tier.backend, "reason": reason})
         return reason is None
@@ -161,8 +166,8 @@ class Cascade(Strategy[CascadeStrategy]):
             # A tool call or schema answer is judged whole: a hand-off would stream what may fail it.
             blocker = "tools / response_format are checked on the whole answer" \
                 if request.has_tools or request.has_response_format else self._handoff_blocker()
-            prompt = None if blocker else await self.resources.backend(self.config.tiers[0].backend) \
-                .render_chat_prompt(request.messages)
+            first = self.resources.backend(self.config.tiers[0].backend)
+            prompt = None if blocker else await render_chat_text(first, request.messages, request.params.extra)
             if blocker is None and prompt is None:
                 blocker = f"backend {self.config.tiers[0].backend!r} cannot render its chat template"
             if prompt is not None:

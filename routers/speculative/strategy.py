@@ -32,6 +32,7 @@ from gateway.core.backend import (
     TokenChunk,
     TokenScorer,
 )
+from gateway.core.continuation import render_chat_text
 from gateway.core.detokenize import StopMatcher
 from gateway.core.errors import InvalidRequestError, UnsupportedParameterError, UpstreamError
 from gateway.core.strategy import AnswerDone, ChatRequestView, RequestContext, Strategy, StrategyEvent
@@ -162,7 +163,7 @@ class Speculative(Strategy[SpeculativeStrategy]):
         # Remote targets render no template here: the drafter's (the same model family's) does.
         renderer = self.resources.backend(self.config.target if self.mode == "local"
                                           else self.config.draft_backends()[0])
-        text = await renderer.render_chat_prompt(request.messages)
+        text = await render_chat_text(renderer, request.messages, request.params.extra)
         if text is None:
             raise InvalidRequestError(f"backend {renderer.name!r} has no chat template", param="messages")
         assert self._scorer is not None

@@ -39,6 +39,7 @@ from gateway.core.backend import (
     TokenScorer,
     TopLogprob,
 )
+from gateway.core.continuation import split_final
 from gateway.core.detokenize import StopMatcher
 from gateway.core.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
 from gateway.core.structured.checks import function_tools
@@ -155,7 +156,8 @@ class LocalModelBackend(Backend):
         # tool_choice "none": the tools are not shown at all (wants_tools is false), so the model
         # writes a plain answer rather than a call we would have to discard.
         tools = params.tools if params.wants_tools() else []
-        ids = engine.tokenize(engine.render_chat(messages, tools), add_special=False)
+        head, prefix = split_final(messages, params.extra)  # a continued assistant message: appended
+        ids = engine.tokenize(engine.render_chat(head, tools) + prefix, add_special=False)
         submitted: list[GenerateRequest] = []
         events = self._generate(ids, params, prompt_logprobs=None, submitted=submitted)
         if tools:

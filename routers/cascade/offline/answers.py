@@ -73,7 +73,7 @@ def answer_params(item: LabelledItem) -> SamplingParams:
     # the backend's idle and first-token limits guard it, not ``timeouts.total`` — on a loaded box
     # one of 8 answers decoded together took more than code.yaml's 1800 s and failed a whole run.
     return SamplingParams(max_tokens=item.max_tokens, temperature=0.0, stop=item.stop, logprobs=True,
-                          top_logprobs=5, client_stream=True)
+                          top_logprobs=5, client_stream=True, extra=item.extra)
 
 
 async def ask_backend(backend: Backend, item: LabelledItem, params: SamplingParams | None = None) -> BackendAnswer:

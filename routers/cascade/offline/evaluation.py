@@ -45,7 +45,7 @@ async def ask_cascade(runtime: PolicyRuntime, model: str, item: LabelledItem, *,
     strategy = runtime.strategy(model)
     record = RequestRecord(request_id=new_id("eval"), public_model=model, endpoint="chat", stream=stream)
     ctx = RequestContext(record, strategy.resources)
-    params = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, stop=item.stop)
+    params = SamplingParams(max_tokens=item.max_tokens, temperature=0.0, stop=item.stop, extra=item.extra)
     request = ChatRequestView(messages=list(item.messages), params=params, stream=stream)
     started = time.perf_counter()
     first: float | None = None

@@ -1,13 +1,17 @@
 """HumanEval as a labelled task: prompt the model with the problem, extract the code it answers,
 and grade it by running the problem's own ``test`` in the sandbox.
 
-Prompting: **chat with an instruction** (not raw completion on ``/v1/completions``). The cascade,
-the pre-routers and the speculative strategy all serve chat, which is what clients send; the
-Qwen2.5-Coder *Instruct* models are tuned for it; and the answer's code block gives the scorers a
-clear span to score. The instruction asks for the whole function in one ```python block and
-nothing else, so no tokens are spent on explanations. The extracted code is run after the
-problem's prompt (its imports and helper functions): an answer restating the function replaces
-the prompt's stub, an answer with the body only completes it.
+Prompting: **chat with an instruction, the assistant's answer started for it** (not raw
+completion on ``/v1/completions``). The cascade, the pre-routers and the speculative strategy all
+serve chat, which is what clients send, and the Qwen2.5-Coder *Instruct* models are tuned for it.
+The system message asks for the whole function in one ```python block and nothing else; the
+user message is the problem's prompt in a code block; and the last message is the assistant's,
+already holding ```python and the problem's prompt, continued by the model
+(``continue_final_message``, gateway/core/continuation.py). Without that prefill both models
+restate the signature and docstring before the body: ~70 % of the tokens they generated, and an
+instruction not to ("Do not repeat the docstring") changed nothing (docs/collaboration.md). The
+model's text is then the function body; the answer graded is prefill + text, and it is run after
+the problem's prompt (its imports and helper functions).
 """
 
 from __future__ import annotations
@@ -22,14 +26,25 @@ from routers.cascade.sandbox import Sandbox
 
 SYSTEM = ("You are an expert Python programmer. Complete the function the user gives you. Reply with the "
           "complete function, including the imports it needs, in a single ```python code block and nothing else.")
-MAX_TOKENS = 512  # the longest canonical solution in dev is ~230 tokens; room for a verbose restatement
-# Generation ends once the answer's code block has closed: only the first block is graded, so
-# anything after it (an explanation, usage examples) is wasted decode time. The stop is the closing
-# fence *followed by a newline*, which an opening fence never is (it carries ``python``), so a
-# model that writes a sentence before its block is not cut off at the opening fence. A fence
-# followed directly by end-of-text needs no stop: generation ends there anyway. The stop text is
-# not part of the answer; the unterminated block then runs to the end of the text (``code_span``).
-STOP = ("\n```\n",)
+MAX_TOKENS = 512  # the longest canonical solution in dev is ~230 tokens
+# Generation ends where the function does: at the code block's closing fence, or at a line that
+# starts at column 0 with what follows a function in a file — another definition, a test, a
+# print, a comment (Codex's HumanEval stop sequences, plus the fence). Only the function is
+# graded, so anything after it is wasted decode time (one 0.5B answer of 12 spent 512 tokens on a
+# test list). The stop text is not part of the answer; the block then runs to the end (``code_span``).
+STOP = ("\n```", "\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ")
+
+
+def answer_prefix(problem: dict[str, Any]) -> str:
+    """The start of the assistant's answer the model continues: the code block and the prompt."""
+    return f"```python\n{problem['prompt']}"
+
+
+def whole_answer(problem: dict[str, Any], answer: str) -> str:
+    """The answer as the client reads it: the prefill, then what the model wrote. An answer that
+    opens its own code block is whole already (asked without the prefill: a continuation of the
+    prefill never starts a block)."""
+    return answer if answer.lstrip().startswith("```") else answer_prefix(problem) + answer
 
 
 def request_text(problem: dict[str, Any]) -> str:
@@ -37,26 +52,29 @@ def request_text(problem: dict[str, Any]) -> str:
 
 
 def humaneval_messages(problem: dict[str, Any]) -> list[ChatMessage]:
-    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=request_text(problem))]
+    """System, user, and the assistant's started answer (sent with ``continue_final_message``)."""
+    return [ChatMessage(role="system", content=SYSTEM), ChatMessage(role="user", content=request_text(problem)),
+            ChatMessage(role="assistant", content=answer_prefix(problem))]
 
 
 def program_for(problem: dict[str, Any], answer: str) -> str:
     """The file the sandbox runs: the prompt, the answer's code, the problem's test, the check."""
-    code = code_span(answer).code
+    code = code_span(whole_answer(problem, answer)).code
     prompt = problem["prompt"]
     return f"{prompt.rstrip()}\n{code}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
 
 
 def structure_of(problem: dict[str, Any], answer: str) -> str | None:
     """None when the answer's code parses and defines the entry point, else why not."""
-    structure = python_structure(answer, problem["entry_point"], problem["prompt"])
+    structure = python_structure(whole_answer(problem, answer), problem["entry_point"], problem["prompt"])
     return None if structure.ok else structure.reason
 
 
 def examples_program(problem: dict[str, Any], answer: str) -> str | None:
     """The program of a ``structural: python_examples`` tier's check, built from the same request
     text the cascade sees at request time; None when the prompt states no checkable example."""
-    return ExamplesCheck().program(request_text(problem), answer)
+    # The text the cascade's check reads at request time: the user message, then the prefill.
+    return ExamplesCheck().program(f"{request_text(problem)}\n{answer_prefix(problem)}", whole_answer(problem, answer))
 
 
 def examples_key(problem: dict[str, Any], answer: str) -> str:

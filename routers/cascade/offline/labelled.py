@@ -60,6 +60,11 @@ class LabelledItem:
         """Stop sequences of the generation (humaneval: the closing fence of the code block)."""
         return HUMANEVAL_STOP if self.task == "humaneval" else ()
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Request fields beyond the sampling ones (humaneval: continue the started answer)."""
+        return {"continue_final_message": True} if self.task == "humaneval" else {}
+
     def is_correct(self, answer: str) -> bool:
         """Grade one answer (humaneval runs a subprocess: call it off the event loop)."""
         if self.task == "humaneval":
