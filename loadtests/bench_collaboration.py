@@ -254,7 +254,7 @@ def policy_table(pairs: list[Pair], escalate: np.ndarray, policy: Any, args: arg
     direct = prompt_tokens >= args.rule_tokens if args.rule_tokens else np.zeros(n, bool)
     none = np.zeros(n, bool)
     results = [*outcomes(pairs, none, none, policy, args.speedup, "always small")[:1],
-               *outcomes(pairs, ~none, none, policy, args.speedup, "always large"),
+               *outcomes(pairs, none, ~none, policy, args.speedup, "always large"),  # no small attempt
                *outcomes(pairs, np.array([p.small.fails("python") for p in pairs]), none, policy, args.speedup,
                          "structural check only"),
                *outcomes(pairs, np.array([p.small.fails("python_examples") for p in pairs]), none, policy,

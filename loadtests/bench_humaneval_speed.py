@@ -21,9 +21,11 @@ once, 8 in flight with room for them in the KV cache, stopped at the closing fen
 writing the whole answer (it restates the signature and docstring); ``prefill`` = ``restating``
 with the assistant's answer started for the model (``continue_final_message``: the code block and
 the problem's prompt), so it writes the body, stopped where the function ends — what ``eval`` does
-now (routers/cascade/offline/humaneval.py). ``restating-terse`` = ``restating`` with an
-instruction not to repeat the docstring (measured: no effect). The 15 min target is for 100
-problems: the projections scale the measured times by 100 / N. ``--answers FILE`` runs no model:
+now (routers/cascade/offline/humaneval.py); ``prefill-once`` = ``prefill`` with the problem's code
+in the prefill only, the user message only asking (faster, worse: docs/collaboration.md);
+``restating-terse`` = ``restating`` with an instruction not to repeat the docstring (measured: no
+effect). The 15 min target is for 100 problems: the projections scale the measured times by
+100 / N. ``--answers FILE`` runs no model:
 it reads an eval answer cache and prints where its tokens went.
 """
 
@@ -79,7 +81,7 @@ class Setup:
     stop: tuple[str, ...] | None  # None: the task's (humaneval.STOP)
     kv_tokens: int  # the KV pool of each model (the first session's default: one 4096 context)
     prefill: bool = True  # the assistant's answer started for the model (continue_final_message)
-    prompt_once: bool = False  # the problem's code in the prefill only, not in the user message too
+    code_once: bool = False  # the problem's code in the prefill only, the user message only asking
     system: str | None = None  # another instruction than the task's (None: humaneval.SYSTEM)
 
 
@@ -95,9 +97,11 @@ SETUPS = {
                              kv_tokens=8192, prefill=False, system=TERSE),
     "prefill": Setup("prefill", concurrent_tiers=True, in_flight=8, stop=None, kv_tokens=8192),
     "prefill-once": Setup("prefill-once", concurrent_tiers=True, in_flight=8, stop=None, kv_tokens=8192,
-                          prompt_once=True),
+                          code_once=True),
 }
-ONCE = "Complete the following Python function."
+# The better of the two wordings measured for the code-once form (docs/collaboration.md, "Speed").
+ONCE = ("Implement the following Python function: write its complete, working body, never a placeholder such as "
+        "`pass` or `# Your code here`.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +122,11 @@ def configured(policy: Policy, setup: Setup) -> Policy:
 
 async def run_tier(runtime: PolicyRuntime, tier: str, items: list[LabelledItem], setup: Setup) -> TierRun:
     backend = runtime.backends[tier]
-    if not setup.prefill:  # the system and user messages only: the model writes the whole answer
-        items = [dataclasses.replace(item, messages=item.messages[:2]) for item in items]
-    if setup.prompt_once:
+    if setup.code_once:
         user = ChatMessage(role="user", content=ONCE)
         items = [dataclasses.replace(item, messages=[item.messages[0], user, *item.messages[2:]]) for item in items]
+    if not setup.prefill:  # the system and user messages only: the model writes the whole answer
+        items = [dataclasses.replace(item, messages=item.messages[:2]) for item in items]
     if setup.system is not None:
         system = ChatMessage(role="system", content=setup.system)
         items = [dataclasses.replace(item, messages=[system, *item.messages[1:]]) for item in items]

@@ -5,13 +5,22 @@ tests/test_humaneval_qwen.py)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.core.backend import (
+    BackendCapabilities,
+    ChatMessage,
+    GenerationDone,
+    GenerationEvent,
+    SamplingParams,
+    TokenChunk,
+)
 from gateway.core.record import RequestRecord
-from gateway.core.strategy import AnswerDone, GatewayResources, RequestContext
+from gateway.core.strategy import AnswerDone, ChatRequestView, GatewayResources, RequestContext
 from policies.loader import load_policy
 from routers.cascade.config import CascadeStrategy
 from routers.cascade.strategy import Cascade
@@ -41,7 +50,7 @@ def test_code_example_resolves_the_pair_from_the_models_directory(monkeypatch: p
     policy = load_policy(REPO / "policies" / "examples" / "code.yaml")
     assert {"small", "large", "cascade", "speculative"} <= set(policy.models)
     cascade = policy.models["cascade"]
-    assert isinstance(cascade, CascadeStrategy) and cascade.tiers[0].structural == "python"
+    assert isinstance(cascade, CascadeStrategy) and cascade.tiers[0].structural == "python_examples"
     assert cascade.tiers[0].calibration is not None and cascade.tiers[0].threshold is not None
     monkeypatch.setenv("SLM_GATEWAY_MODELS", str(tmp_path))
     for backend in ("small", "large"):
@@ -55,8 +64,9 @@ class Scripted(RecordingBackend):
     """Echoes the user's text (RecordingBackend): a request carrying broken code gets broken code."""
 
 
-async def cascade_over(config: dict[str, Any]) -> tuple[Cascade, RecordingBackend, RecordingBackend]:
-    small, large = Scripted("small", local=True), Scripted("large", local=False)
+async def cascade_over(config: dict[str, Any], small: RecordingBackend | None = None,
+                       large: RecordingBackend | None = None) -> tuple[Cascade, RecordingBackend, RecordingBackend]:
+    small, large = small or Scripted("small", local=True), large or Scripted("large", local=False)
     resources = GatewayResources(backends={"small": small, "large": large}, prices={})
     resources.strategies["big"] = Static("big", StaticStrategy(type="static", backend="large"), resources)
     cascade = Cascade("cascade", CascadeStrategy.model_validate({"type": "cascade", **config}), resources)
@@ -120,3 +130,38 @@ async def test_code_failing_the_requests_own_examples_escalates() -> None:
     # ``python`` alone does not run anything: the wrong body is kept.
     plain, _small, _large = await cascade_over({"tiers": [{**CONFIDENT, "structural": "python"}, {"backend": "large"}]})
     assert not (await run(plain, ADD_REQUEST.format(body="a * b"))).record.escalated
+
+
+class Continuing(RecordingBackend):
+    """Continues a prefill with the body the test writes after ``body:`` in the user message."""
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(local=self.local, prefix_continuation=True)
+
+    async def stream_chat(self, messages: Sequence[ChatMessage], params: SamplingParams
+                          ) -> AsyncIterator[GenerationEvent]:
+        self.received.append(list(messages))
+        assert messages[-1].role == "assistant" and params.extra.get("continue_final_message")
+        yield TokenChunk(messages[-2].content.split("body:", 1)[1], token_ids=(0,))
+        yield GenerationDone("stop", 1, 1, self.model_name)
+
+
+async def test_a_prefilled_answer_is_checked_whole_against_the_prefills_examples() -> None:
+    """The request's code only in the continued assistant message (as ``eval --task humaneval``
+    sends it): the checks read the code and its examples from the prefill, and judge prefill +
+    continuation."""
+    cascade, _small, large = await cascade_over(
+        {"tiers": [{**CONFIDENT, "structural": "python_examples"}, {"backend": "large"}]},
+        small=Continuing("small", local=True), large=Continuing("large", local=False))
+    prefill = '```python\ndef add(a, b):\n    """Add.\n    >>> add(2, 3)\n    5\n    """\n'
+    params = SamplingParams(extra={"continue_final_message": True})
+    for body, escalated in (("    return a + b\n", False), ("    return a * b\n", True), ("return (\n", True)):
+        messages = [ChatMessage(role="user", content=f"Complete it. body:{body}"),
+                    ChatMessage(role="assistant", content=prefill)]
+        request = ChatRequestView(messages=messages, params=params, stream=False)
+        ctx = RequestContext(RequestRecord("req", "cascade", "chat", False), cascade.resources)
+        events = [e async for e in cascade.chat(request, ctx)]
+        assert isinstance(events[-1], AnswerDone)
+        assert ctx.record.escalated is escalated, body
+    assert len(large.received) == 2

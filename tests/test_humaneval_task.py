@@ -74,6 +74,7 @@ def test_canonical_solutions_pass_and_broken_ones_fail() -> None:
     assert "check(" + first["entry_point"] + ")" in program_for(first, fenced("pass"))
     messages = humaneval_messages(first)
     assert messages[0].role == "system" and first["prompt"] in messages[1].content
+    assert messages[2].role == "assistant" and messages[2].content.endswith(first["prompt"])  # the prefill
 
 
 def stopped(answer: str) -> str:

@@ -166,8 +166,8 @@ class Cascade(Strategy[CascadeStrategy]):
             # A tool call or schema answer is judged whole: a hand-off would stream what may fail it.
             blocker = "tools / response_format are checked on the whole answer" \
                 if request.has_tools or request.has_response_format else self._handoff_blocker()
-            first = self.resources.backend(self.config.tiers[0].backend)
-            prompt = None if blocker else await render_chat_text(first, request.messages, request.params.extra)
+            renderer = self.resources.backend(first)
+            prompt = None if blocker else await render_chat_text(renderer, request.messages, request.params.extra)
             if blocker is None and prompt is None:
                 blocker = f"backend {self.config.tiers[0].backend!r} cannot render its chat template"
             if prompt is not None:

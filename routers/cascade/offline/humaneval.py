@@ -47,7 +47,14 @@ def whole_answer(problem: dict[str, Any], answer: str) -> str:
     return answer if answer.lstrip().startswith("```") else answer_prefix(problem) + answer
 
 
+# The problem's code is in the user message *and* in the prefill: its prompt is processed twice
+# (~316 tokens a request instead of ~187), and that is the larger part of an evaluation's time
+# once the answers are bodies. Asked once — the user message only asking, the code in the prefill
+# alone — the full dev set ran in 11-14 min instead of 22, but both models got worse: the 1.5B
+# fell from 0.75 to 0.50 pass@1 (33 answers "# Your code here") or, reworded, to 0.61
+# (docs/collaboration.md, "Speed"). Quality first.
 def request_text(problem: dict[str, Any]) -> str:
+    """The request as a client sends it without a prefill: the problem's code in the message."""
     return f"Complete this Python function:\n```python\n{problem['prompt']}```"
 
 
@@ -74,7 +81,8 @@ def examples_program(problem: dict[str, Any], answer: str) -> str | None:
     """The program of a ``structural: python_examples`` tier's check, built from the same request
     text the cascade sees at request time; None when the prompt states no checkable example."""
     # The text the cascade's check reads at request time: the user message, then the prefill.
-    return ExamplesCheck().program(f"{request_text(problem)}\n{answer_prefix(problem)}", whole_answer(problem, answer))
+    checked = f"{request_text(problem)}\n{answer_prefix(problem)}"
+    return ExamplesCheck().program(checked, whole_answer(problem, answer))
 
 
 def examples_key(problem: dict[str, Any], answer: str) -> str:
