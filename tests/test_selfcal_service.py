@@ -81,7 +81,11 @@ async def test_every_policy_load_is_wired_and_the_gauges_and_usage_read_the_stor
                 body = {"model": "cascade", "messages": [{"role": "user", "content": "hello there"}]}
                 assert (await client.post("/v1/chat/completions", json=body)).status_code == 200
             metrics = (await client.get("/metrics")).text
-            summary = (await client.get("/v1/gateway/usage/cascades", params={"since": "1h"})).json()
+            for _ in range(100):  # records reach the store from a background writer: wait for the third
+                summary = (await client.get("/v1/gateway/usage/cascades", params={"since": "1h"})).json()
+                if summary["cascades"] and summary["cascades"][0]["requests"] == 3:
+                    break
+                await asyncio.sleep(0.05)
     assert 'slm_gateway_selfcal_threshold{model="cascade",tier="0"} -0.75' in metrics
     assert 'slm_gateway_selfcal_labels{model="cascade",tier="0"} 100.0' in metrics
     assert 'slm_gateway_selfcal_state_version{model="cascade",tier="0"} 2.0' in metrics
