@@ -63,7 +63,13 @@ async def test_closing_the_stream_stops_generation(backend: LocalModelBackend) -
         await stream.__anext__()
     await stream.aclose()  # type: ignore[attr-defined]
     assert await _wait_idle(backend) == 0
-    steps = backend.engine.stats.steps
+    # The step in flight when the stream closed may still finish (and count) after the engine
+    # reports idle; a generation that went on would never settle.
+    steps = -1
+    deadline = time.monotonic() + 2
+    while backend.engine.stats.steps != steps and time.monotonic() < deadline:
+        steps = backend.engine.stats.steps
+        await asyncio.sleep(0.1)
     await asyncio.sleep(0.3)
     assert backend.engine.stats.steps == steps  # nothing runs for the abandoned stream
 
