@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,10 +39,26 @@ class SQLiteWorker:
             self._connection = self._connect()
         return function(self._connection)
 
+    @staticmethod
+    def _enable_wal(connection: sqlite3.Connection, patience_s: float = 10.0) -> None:
+        """Switch the file to WAL. Leaving rollback mode needs the file to itself, and SQLite
+        answers "database is locked" at once rather than through the busy timeout while another
+        process or thread holds it (two workers opening an old file together): retry for as long
+        as the busy timeout would have waited."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                connection.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         connection = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-        connection.execute("PRAGMA journal_mode=WAL")
+        self._enable_wal(connection)
         for pragma in self._pragmas:
             connection.execute(f"PRAGMA {pragma}")
         connection.executescript(self._schema)
